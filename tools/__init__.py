@@ -1,0 +1,1 @@
+"""Developer tools: code generation and the bench harness. Not part of the installed package."""
