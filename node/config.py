@@ -1,0 +1,123 @@
+"""The node's settings: one typed object, filled once at start.
+
+Every setting is declared once below with its type, default, validation and meaning. Values
+come, later ones winning, from the defaults, an optional TOML file (`--config FILE`, keys are
+the field names), the environment (`MINI_OSS_<FIELD>` in upper case) and the command line.
+Workers receive the finished object; nothing re-reads the environment after start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+
+def _setting(default: Any, doc: str, *, minimum: float | None = None) -> Any:
+    return field(default=default, metadata={"doc": doc, "minimum": minimum})
+
+
+class SettingsError(ValueError):
+    """A setting has a value the node cannot run with."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: str = _setting("0.0.0.0:8080", "gRPC address HOST:PORT; port 0 picks a free one.")
+    data_dir: str = _setting("./static", "Directory holding parts/, objects/, index/ and the catalog.")
+    workers: int = _setting(0, "Worker processes; 0 means one per core.", minimum=0)
+    metrics_listen: str = _setting("127.0.0.1:9180", "HOST:PORT of the /metrics endpoint; empty turns it off.")
+    session_ttl: float = _setting(86400.0, "Seconds an idle ACTIVE session lives, and an ended one is remembered.", minimum=0.001)
+    stream_idle_timeout: float = _setting(30.0, "Seconds an Upload stream may send nothing before it is ended.", minimum=0.001)
+    grace: float = _setting(30.0, "Seconds running streams get to finish when the node stops.", minimum=0)
+    default_chunk_size: int = _setting(1 * MiB, "Chunk size advised to clients that ask for 0.", minimum=4 * KiB)
+    max_chunk_size: int = _setting(4 * MiB, "Largest chunk accepted on upload or sent on download.", minimum=4 * KiB)
+    max_object_size: int = _setting(1024 * GiB, "Largest file_size a session may declare.", minimum=0)
+    checkpoint_bytes: int = _setting(64 * MiB, "An Upload stream makes its progress durable after this many bytes.", minimum=1)
+    checkpoint_interval: float = _setting(5.0, "... or after this many seconds, whichever comes first.", minimum=0.001)
+    io_threads: int = _setting(4, "Threads per worker for hashing, pwrite and pread.", minimum=1)
+    sweep_interval: float = _setting(60.0, "Seconds between sweeps that expire idle sessions.", minimum=0.01)
+    log_level: str = _setting("INFO", "Logging level of the node's processes.")
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            minimum = f.metadata.get("minimum")
+            if minimum is not None and value < minimum:
+                raise SettingsError(f"{f.name} must be >= {minimum}, got {value!r}")
+        if self.default_chunk_size > self.max_chunk_size:
+            raise SettingsError("default_chunk_size must not exceed max_chunk_size")
+        if self.max_chunk_size > 64 * MiB:
+            raise SettingsError("max_chunk_size must be <= 64 MiB")
+        split_host_port(self.listen)
+        if self.metrics_listen:
+            split_host_port(self.metrics_listen)
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or (os.cpu_count() or 1)
+
+    @property
+    def grpc_message_limit(self) -> int:
+        """The gRPC message limit: above the largest chunk plus framing (API.md)."""
+        return self.max_chunk_size + 1 * MiB
+
+    def describe(self) -> str:
+        """One line per setting, for the start-up log."""
+        return ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
+
+
+def split_host_port(addr: str) -> tuple[str, int]:
+    """'HOST:PORT' (or ':PORT', '[::1]:PORT') -> (host, port); raise SettingsError if malformed."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise SettingsError(f"address must be HOST:PORT, got {addr!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _coerce(name: str, kind: type, raw: Any) -> Any:
+    try:
+        if kind is bool and isinstance(raw, str):
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        return kind(raw)
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(f"{name}: cannot read {raw!r} as {kind.__name__}") from exc
+
+
+def load(overrides: Mapping[str, Any] | None = None, *, config_file: str | None = None,
+         environ: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from defaults < TOML file < MINI_OSS_* environment < overrides."""
+    environ = os.environ if environ is None else environ
+    types = {f.name: type(f.default) for f in fields(Settings)}
+    values: dict[str, Any] = {}
+    config_file = config_file or environ.get("MINI_OSS_CONFIG")
+    if config_file:
+        with open(config_file, "rb") as fh:
+            data = tomllib.load(fh)
+        for key, raw in data.items():
+            name = key.replace("-", "_")
+            if name not in types:
+                raise SettingsError(f"{config_file}: unknown setting {key!r}")
+            values[name] = _coerce(name, types[name], raw)
+    for name, kind in types.items():
+        raw = environ.get(f"MINI_OSS_{name.upper()}")
+        if raw is not None:
+            values[name] = _coerce(name, kind, raw)
+    for name, raw in (overrides or {}).items():
+        if raw is None:
+            continue
+        if name not in types:
+            raise SettingsError(f"unknown setting {name!r}")
+        values[name] = _coerce(name, types[name], raw)
+    return dataclasses.replace(Settings(), **values)
+
+
+def documentation() -> list[tuple[str, Any, str]]:
+    """(name, default, doc) for every setting: the README table and `serve --help` use it."""
+    return [(f.name, f.default, f.metadata["doc"]) for f in fields(Settings)]
