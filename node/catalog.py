@@ -1,0 +1,410 @@
+"""The catalog: upload sessions and committed objects in an embedded SQLite database.
+
+Why SQLite: every worker process must see the same sessions and objects, and a storage node
+must not lose them in a crash. One file in the data directory (`catalog.db`), WAL mode so
+readers never wait for the writer, `synchronous=FULL` so a committed transaction survives a
+power cut, and `BEGIN IMMEDIATE` for every write so two processes never deadlock upgrading a
+read lock. Busy waits are absorbed here (a busy timeout, then a bounded retry) so that
+"database is locked" never reaches a client.
+
+What is written, and when: a session row at creation, at each checkpoint (stream end, every
+`checkpoint_bytes`/`checkpoint_interval`, before an error ends a stream) and at its end; an
+object row at commit. Never per chunk.
+
+The object row is the truth about which version of an object is current; `index/<object_id>`
+(maintained by storage) mirrors it for people and tools, and recovery repairs the mirror.
+
+A `Catalog` holds one connection and is used by one thread at a time; `CatalogPool` hands each
+thread its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from node.session_rules import State
+
+FILE_NAME = "catalog.db"
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 10_000
+LOCKED_RETRY_SECONDS = 60.0
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    upload_id           TEXT PRIMARY KEY,
+    object_id           TEXT NOT NULL,
+    file_name           TEXT NOT NULL,
+    file_size           INTEGER NOT NULL,
+    chunk_size          INTEGER NOT NULL,
+    uploaded_offset     INTEGER NOT NULL,
+    sha256              TEXT NOT NULL,
+    state               INTEGER NOT NULL,
+    content_type        TEXT NOT NULL,
+    metadata            TEXT NOT NULL,
+    if_absent           INTEGER NOT NULL,
+    if_generation_match TEXT NOT NULL,
+    client              TEXT NOT NULL,
+    created_at_ms       INTEGER NOT NULL,
+    updated_at_ms       INTEGER NOT NULL,
+    expires_at_ms       INTEGER NOT NULL,
+    object              TEXT
+);
+CREATE INDEX IF NOT EXISTS sessions_by_state_object ON sessions (state, object_id, upload_id);
+CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions (expires_at_ms);
+CREATE TABLE IF NOT EXISTS objects (
+    object_id     TEXT PRIMARY KEY,
+    generation    TEXT NOT NULL,
+    file_name     TEXT NOT NULL,
+    size          INTEGER NOT NULL,
+    sha256        TEXT NOT NULL,
+    content_type  TEXT NOT NULL,
+    metadata      TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    disk_name     TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS node_facts (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRecord:
+    object_id: str
+    generation: str
+    file_name: str
+    size: int
+    sha256: str
+    content_type: str
+    metadata: dict[str, str]
+    created_at_ms: int
+    disk_name: str
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ObjectRecord":
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    upload_id: str
+    object_id: str
+    file_name: str
+    file_size: int
+    chunk_size: int
+    uploaded_offset: int
+    sha256: str
+    state: State
+    content_type: str
+    metadata: dict[str, str]
+    if_absent: bool
+    if_generation_match: str
+    client: str
+    created_at_ms: int
+    updated_at_ms: int
+    expires_at_ms: int
+    object: ObjectRecord | None = None
+
+    def replace(self, **changes) -> "SessionRecord":
+        return dataclasses.replace(self, **changes)
+
+
+_SESSION_COLUMNS = [f.name for f in dataclasses.fields(SessionRecord)]
+_OBJECT_COLUMNS = [f.name for f in dataclasses.fields(ObjectRecord)]
+
+
+def _session_from_row(row: sqlite3.Row) -> SessionRecord:
+    values = dict(zip(_SESSION_COLUMNS, row))
+    values["state"] = State(values["state"])
+    values["metadata"] = json.loads(values["metadata"])
+    values["if_absent"] = bool(values["if_absent"])
+    values["object"] = ObjectRecord.from_json(values["object"]) if values["object"] else None
+    return SessionRecord(**values)
+
+
+def _object_from_row(row: sqlite3.Row) -> ObjectRecord:
+    values = dict(zip(_OBJECT_COLUMNS, row))
+    values["metadata"] = json.loads(values["metadata"])
+    return ObjectRecord(**values)
+
+
+def _prefix_upper_bound(prefix: str) -> str | None:
+    """The smallest string above every string that starts with `prefix` (None: no bound)."""
+    if not prefix or ord(prefix[-1]) >= 0x10FFFF:
+        return None
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+class Catalog:
+    """One connection to the catalog. Not shared between threads."""
+
+    def __init__(self, data_dir: str) -> None:
+        self.path = os.path.join(data_dir, FILE_NAME)
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                  timeout=BUSY_TIMEOUT_MS / 1000)
+        self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        self.db.execute("PRAGMA synchronous = FULL")
+
+    @classmethod
+    def prepare(cls, data_dir: str) -> None:
+        """Create the schema and switch to WAL, once, before any worker opens the catalog.
+
+        Several processes switching a fresh database to WAL at the same moment can fail with
+        "database is locked"; doing it once up front avoids that race entirely.
+        """
+        catalog = cls(data_dir)
+        try:
+            catalog.db.execute("PRAGMA journal_mode = WAL")
+            catalog.db.executescript(SCHEMA)  # idempotent; executescript commits by itself
+            with catalog.write():
+                catalog.db.execute(
+                    "INSERT OR IGNORE INTO node_facts VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+                catalog.db.execute(
+                    "INSERT OR IGNORE INTO node_facts VALUES ('page_token_secret', ?)", (os.urandom(32),))
+        finally:
+            catalog.close()
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- transactions -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction; BEGIN IMMEDIATE takes the write lock up front."""
+        self._begin_immediate()
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        else:
+            self._retry_locked(lambda: self.db.execute("COMMIT"))
+
+    def _begin_immediate(self) -> None:
+        self._retry_locked(lambda: self.db.execute("BEGIN IMMEDIATE"))
+
+    @staticmethod
+    def _retry_locked(fn: Callable[[], object]) -> object:
+        deadline = time.monotonic() + LOCKED_RETRY_SECONDS
+        delay = 0.005
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.25)
+
+    def _read(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        return self._retry_locked(lambda: self.db.execute(sql, args).fetchall())  # type: ignore[return-value]
+
+    # -- node facts ---------------------------------------------------------------------------
+
+    def page_token_secret(self) -> bytes:
+        rows = self._read("SELECT value FROM node_facts WHERE key = 'page_token_secret'")
+        return bytes(rows[0][0])
+
+    # -- sessions -----------------------------------------------------------------------------
+
+    def insert_session(self, rec: SessionRecord) -> None:
+        values = self._session_values(rec)
+        sql = f"INSERT INTO sessions ({', '.join(_SESSION_COLUMNS)}) VALUES ({', '.join('?' * len(values))})"
+        with self.write() as db:
+            db.execute(sql, values)
+
+    @staticmethod
+    def _session_values(rec: SessionRecord) -> tuple:
+        values = dataclasses.asdict(rec)
+        values["state"] = int(rec.state)
+        values["metadata"] = json.dumps(rec.metadata, separators=(",", ":"))
+        values["if_absent"] = int(rec.if_absent)
+        values["object"] = rec.object.to_json() if rec.object else None
+        return tuple(values[c] for c in _SESSION_COLUMNS)
+
+    def get_session(self, upload_id: str) -> SessionRecord | None:
+        rows = self._read(f"SELECT {', '.join(_SESSION_COLUMNS)} FROM sessions WHERE upload_id = ?",
+                          (upload_id,))
+        return _session_from_row(rows[0]) if rows else None
+
+    def checkpoint(self, upload_id: str, uploaded_offset: int, sha256: str,
+                   now_ms: int, expires_at_ms: int) -> bool:
+        """Record a durable resume point of an ACTIVE session; False if it is no longer ACTIVE."""
+        with self.write() as db:
+            cur = db.execute(
+                "UPDATE sessions SET uploaded_offset = ?, sha256 = ?, updated_at_ms = ?, expires_at_ms = ?"
+                " WHERE upload_id = ? AND state = ?",
+                (uploaded_offset, sha256, now_ms, expires_at_ms, upload_id, int(State.ACTIVE)))
+            return cur.rowcount == 1
+
+    def end_session(self, upload_id: str, state: State, now_ms: int, expires_at_ms: int,
+                    only_if: State = State.ACTIVE) -> bool:
+        """Move a session from `only_if` to an ended state; False if it was not in `only_if`."""
+        with self.write() as db:
+            cur = db.execute(
+                "UPDATE sessions SET state = ?, updated_at_ms = ?, expires_at_ms = ?"
+                " WHERE upload_id = ? AND state = ?",
+                (int(state), now_ms, expires_at_ms, upload_id, int(only_if)))
+            return cur.rowcount == 1
+
+    def list_active_sessions(self, prefix: str, after: tuple[str, str] | None,
+                             limit: int) -> list[SessionRecord]:
+        sql = f"SELECT {', '.join(_SESSION_COLUMNS)} FROM sessions WHERE state = ? AND object_id >= ?"
+        args: list = [int(State.ACTIVE), prefix]
+        upper = _prefix_upper_bound(prefix)
+        if upper is not None:
+            sql += " AND object_id < ?"
+            args.append(upper)
+        if after is not None:
+            sql += " AND (object_id, upload_id) > (?, ?)"
+            args += list(after)
+        sql += " ORDER BY object_id, upload_id LIMIT ?"
+        args.append(limit)
+        return [_session_from_row(r) for r in self._read(sql, tuple(args))]
+
+    def sessions_in_state(self, state: State) -> list[SessionRecord]:
+        rows = self._read(f"SELECT {', '.join(_SESSION_COLUMNS)} FROM sessions WHERE state = ?", (int(state),))
+        return [_session_from_row(r) for r in rows]
+
+    def count_active(self, client: str | None = None) -> int:
+        if client is None:
+            rows = self._read("SELECT count(*) FROM sessions WHERE state = ?", (int(State.ACTIVE),))
+        else:
+            rows = self._read("SELECT count(*) FROM sessions WHERE state = ? AND client = ?",
+                              (int(State.ACTIVE), client))
+        return int(rows[0][0])
+
+    def expired_active(self, now_ms: int, limit: int = 500) -> list[SessionRecord]:
+        rows = self._read(
+            f"SELECT {', '.join(_SESSION_COLUMNS)} FROM sessions WHERE expires_at_ms < ? AND state = ?"
+            " ORDER BY expires_at_ms LIMIT ?", (now_ms, int(State.ACTIVE), limit))
+        return [_session_from_row(r) for r in rows]
+
+    def forget_ended(self, now_ms: int) -> int:
+        """Drop ended sessions whose memory period is over; returns how many."""
+        with self.write() as db:
+            cur = db.execute("DELETE FROM sessions WHERE expires_at_ms < ? AND state != ?",
+                             (now_ms, int(State.ACTIVE)))
+            return cur.rowcount
+
+    # -- objects ------------------------------------------------------------------------------
+
+    def get_object(self, object_id: str) -> ObjectRecord | None:
+        rows = self._read(f"SELECT {', '.join(_OBJECT_COLUMNS)} FROM objects WHERE object_id = ?",
+                          (object_id,))
+        return _object_from_row(rows[0]) if rows else None
+
+    def list_objects(self, prefix: str, after: str | None, limit: int) -> list[ObjectRecord]:
+        sql = f"SELECT {', '.join(_OBJECT_COLUMNS)} FROM objects WHERE object_id >= ?"
+        args: list = [prefix]
+        upper = _prefix_upper_bound(prefix)
+        if upper is not None:
+            sql += " AND object_id < ?"
+            args.append(upper)
+        if after is not None:
+            sql += " AND object_id > ?"
+            args.append(after)
+        sql += " ORDER BY object_id LIMIT ?"
+        args.append(limit)
+        return [_object_from_row(r) for r in self._read(sql, tuple(args))]
+
+    def all_objects(self) -> list[ObjectRecord]:
+        return self.list_objects("", None, -1)
+
+    def commit_object(self, upload_id: str, obj: ObjectRecord, now_ms: int, expires_at_ms: int,
+                      check: Callable[[ObjectRecord | None], None],
+                      publish: Callable[[ObjectRecord], None]) -> ObjectRecord | None:
+        """Make `obj` the current version of its object_id, atomically across processes.
+
+        Inside one write transaction (so no other commit or delete of any object interleaves):
+        `check(current)` raises if a precondition fails; `publish(obj)` swaps the index entry;
+        then the object row and the session's COMMITTED state are written. Returns the version
+        that was replaced (its bytes are now the caller's to free), or None.
+        """
+        with self.write() as db:
+            current = self._get_object_in(db, obj.object_id)
+            check(current)
+            publish(obj)
+            values = dataclasses.asdict(obj)
+            values["metadata"] = json.dumps(obj.metadata, separators=(",", ":"))
+            db.execute(
+                f"INSERT OR REPLACE INTO objects ({', '.join(_OBJECT_COLUMNS)})"
+                f" VALUES ({', '.join('?' * len(_OBJECT_COLUMNS))})",
+                tuple(values[c] for c in _OBJECT_COLUMNS))
+            cur = db.execute(
+                "UPDATE sessions SET state = ?, uploaded_offset = ?, updated_at_ms = ?, expires_at_ms = ?,"
+                " object = ? WHERE upload_id = ? AND state = ?",
+                (int(State.COMMITTED), obj.size, now_ms, expires_at_ms, obj.to_json(), upload_id,
+                 int(State.ACTIVE)))
+            if cur.rowcount != 1:
+                raise RuntimeError(f"session {upload_id} was not ACTIVE at commit")
+            return current
+
+    def delete_object(self, object_id: str, check: Callable[[ObjectRecord | None], None],
+                      unpublish: Callable[[ObjectRecord], None]) -> ObjectRecord:
+        """Remove the current version of `object_id`; returns it (its bytes are the caller's to free)."""
+        with self.write() as db:
+            current = self._get_object_in(db, object_id)
+            check(current)
+            assert current is not None  # check() raises for a missing object
+            unpublish(current)
+            db.execute("DELETE FROM objects WHERE object_id = ?", (object_id,))
+            return current
+
+    def drop_object_row(self, object_id: str) -> None:
+        """Recovery only: forget an object whose bytes are gone."""
+        with self.write() as db:
+            db.execute("DELETE FROM objects WHERE object_id = ?", (object_id,))
+
+    def reset_session_offset(self, upload_id: str, uploaded_offset: int) -> None:
+        """Recovery only: the part file holds less than the checkpoint claims."""
+        with self.write() as db:
+            db.execute("UPDATE sessions SET uploaded_offset = ? WHERE upload_id = ? AND state = ?",
+                       (uploaded_offset, upload_id, int(State.ACTIVE)))
+
+    @staticmethod
+    def _get_object_in(db: sqlite3.Connection, object_id: str) -> ObjectRecord | None:
+        row = db.execute(f"SELECT {', '.join(_OBJECT_COLUMNS)} FROM objects WHERE object_id = ?",
+                         (object_id,)).fetchone()
+        return _object_from_row(row) if row else None
+
+
+class CatalogPool:
+    """One `Catalog` per thread, opened on first use."""
+
+    def __init__(self, data_dir: str) -> None:
+        self.data_dir = data_dir
+        self._local = threading.local()
+        self._all: list[Catalog] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> Catalog:
+        catalog = getattr(self._local, "catalog", None)
+        if catalog is None:
+            catalog = Catalog(self.data_dir)
+            self._local.catalog = catalog
+            with self._lock:
+                self._all.append(catalog)
+        return catalog
+
+    def close(self) -> None:
+        with self._lock:
+            for catalog in self._all:
+                with contextlib.suppress(Exception):
+                    catalog.close()
+            self._all.clear()

@@ -1,0 +1,138 @@
+"""One worker's gRPC server: grpc.aio on uvloop, the oss.v1 servicer, health and reflection.
+
+`serve()` runs inside a worker process (see `node.workers`): it serves until SIGTERM, then
+drains in phases — health NOT_SERVING, new calls refused with UNAVAILABLE/DRAINING, running
+streams given `grace` seconds, then cancelled (each cancelled Upload checkpoints what it
+verified) — and returns 0. `mini-oss serve` itself is the supervisor, which imports none of this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from node.config import Settings, split_host_port
+from node.pb import oss_pb2, oss_pb2_grpc
+from node.metrics import LoopForwarder
+from node.service import ObjectStorageServicer
+from node.store import Store
+
+log = logging.getLogger("mini_oss.server")
+SERVICE_NAME = oss_pb2.DESCRIPTOR.services_by_name["ObjectStorage"].full_name
+
+
+def grpc_options(settings: Settings) -> list[tuple[str, object]]:
+    limit = settings.grpc_message_limit
+    return [
+        ("grpc.so_reuseport", 1),
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+        # Notice dead clients: ping idle connections, and accept clients' own pings.
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(stream=sys.stderr, level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+
+
+class Worker:
+    """A running gRPC server and what it needs to drain."""
+
+    def __init__(self, settings: Settings, *, worker_id: int = 0, workers: int = 1,
+                 metrics=None) -> None:
+        self.settings = settings
+        self.pool = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="oss-io")
+        events = LoopForwarder(asyncio.get_running_loop(), metrics) if metrics is not None else None
+        self.store = Store(settings, events=events)
+        self.servicer = ObjectStorageServicer(self.store, self.pool, workers=workers,
+                                              worker_id=worker_id, metrics=metrics)
+        self.health = health.aio.HealthServicer()
+        self.server = grpc.aio.server(options=grpc_options(settings))
+        oss_pb2_grpc.add_ObjectStorageServicer_to_server(self.servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        self._sweeper: asyncio.Task | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        host, port = split_host_port(self.settings.listen)
+        bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.port = self.server.add_insecure_port(bind)
+        if not self.port:
+            raise OSError(f"could not bind {self.settings.listen}")
+        await self.server.start()
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._sweeper = asyncio.create_task(self._sweep_forever())
+        return self.port
+
+    async def _sweep_forever(self) -> None:
+        s = self.settings
+        interval = min(s.sweep_interval, max(s.session_ttl / 2, 0.05))
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await loop.run_in_executor(self.pool, self.store.sweep)
+            except Exception:  # keep sweeping: one failed pass must not end expiry for good
+                log.exception("session sweep failed")
+
+    async def drain(self, grace: float) -> None:
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.servicer.draining = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await self.server.stop(grace)
+        # Cancelled uploads queue their checkpoints in the pool: let them finish first.
+        await self.servicer.wait_for_cleanups(timeout=30.0)
+        await asyncio.get_running_loop().run_in_executor(None, self.pool.shutdown, True)
+        self.store.close()
+
+
+async def serve(settings: Settings, *, on_ready: Callable[[int], None] | None = None,
+                worker_id: int = 0, workers: int = 1, metrics=None) -> int:
+    """Serve until SIGTERM, then drain. Escalation (a second signal) is the supervisor's job:
+    it kills a worker that does not stop, so a repeated SIGTERM here changes nothing."""
+    worker = Worker(settings, worker_id=worker_id, workers=workers, metrics=metrics)
+    port = await worker.start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    if on_ready is not None:
+        on_ready(port)
+    await stop.wait()
+    log.info("worker %d draining: running streams get %.1f s", worker_id, settings.grace)
+    await worker.drain(settings.grace)
+    log.info("worker %d stopped", worker_id)
+    return 0
+
+
+def event_loop_factory():
+    try:
+        import uvloop
+    except ImportError:  # a declared dependency; fall back rather than refuse to start
+        log.warning("uvloop not available: using the default event loop")
+        return None
+    return uvloop.new_event_loop
+
+
+def run(settings: Settings) -> int:
+    """`mini-oss serve`: the supervisor and its workers (kept here for `node.cli`)."""
+    from node.workers.supervisor import run as run_supervisor
+
+    return run_supervisor(settings)

@@ -1,0 +1,296 @@
+"""The gRPC servicer: parses requests, runs the node logic in the worker's pool, maps errors.
+
+It never opens a file and never decides a rule: `node.store` does. Every handler runs inside
+`_guard`, the single place where an `OssError` becomes a wire status (via `node.status`) and
+anything else becomes a logged INTERNAL. Blocking work goes to the thread pool, so the event
+loop keeps receiving other streams while one chunk is hashed and written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Awaitable, Callable, TypeVar
+
+import grpc
+
+from node import __version__
+from node.catalog import ObjectRecord, SessionRecord
+from node.errors import Draining, IdleTimeout, InvalidArgument, OssError
+from node.metrics import NullSlot
+from node.pb import oss_pb2, oss_pb2_grpc
+from node.status import to_status
+from node.store import NewSession, Store, UploadStream
+
+log = logging.getLogger("mini_oss.service")
+T = TypeVar("T")
+CHECKSUMS = ("crc32", "crc32c", "sha256")
+
+
+def object_info(obj: ObjectRecord) -> oss_pb2.ObjectInfo:
+    return oss_pb2.ObjectInfo(
+        object_id=obj.object_id, file_name=obj.file_name, size=obj.size, sha256=obj.sha256,
+        content_type=obj.content_type, metadata=obj.metadata, generation=obj.generation,
+        created_at_unix_ms=obj.created_at_ms)
+
+
+def upload_session(rec: SessionRecord) -> oss_pb2.UploadSession:
+    return oss_pb2.UploadSession(
+        upload_id=rec.upload_id, object_id=rec.object_id, file_name=rec.file_name,
+        file_size=rec.file_size, chunk_size=rec.chunk_size, uploaded_offset=rec.uploaded_offset,
+        sha256=rec.sha256, state=int(rec.state), expires_at_unix_ms=rec.expires_at_ms)
+
+
+def client_of(context: grpc.aio.ServicerContext) -> str:
+    """The caller's host, for per-client limits ("ipv4:127.0.0.1:5555" -> "ipv4:127.0.0.1")."""
+    peer = context.peer() or ""
+    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
+
+
+class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
+    def __init__(self, store: Store, pool: ThreadPoolExecutor, *, workers: int = 1,
+                 worker_id: int = 0, metrics=None) -> None:
+        self.store = store
+        self.pool = pool
+        self.workers = workers
+        self.worker_id = worker_id
+        self.draining = False
+        #: This worker's metrics slot; written only from the event-loop thread.
+        self.metrics = metrics or NullSlot()
+        self.active_streams = 0
+        #: Checkpoints that cancelled streams queued; drain waits for them.
+        self.cleanups: set[asyncio.Future] = set()
+
+    def _stream_started(self) -> None:
+        self.active_streams += 1
+        self.metrics.set("active_streams", self.active_streams)
+
+    def _stream_ended(self) -> None:
+        self.active_streams -= 1
+        self.metrics.set("active_streams", self.active_streams)
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[..., T], *args) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args))
+
+    async def _guard(self, context: grpc.aio.ServicerContext, body: Callable[[], Awaitable[T]]) -> T:
+        try:
+            if self.draining:
+                raise Draining("the node is shutting down")
+            return await body()
+        except OssError as err:
+            self.metrics.error(err.code)
+            await context.abort_with_status(to_status(err))
+        except asyncio.CancelledError:
+            self.metrics.error("CANCELLED")
+            raise
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("internal error in %s", getattr(body, "__qualname__", "handler"))
+            self.metrics.error("INTERNAL")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error (a bug): see the node's log")
+        raise AssertionError("unreachable")
+
+    # -- sessions -----------------------------------------------------------------------------
+
+    async def CreateUploadSession(self, request, context):
+        req = NewSession(
+            object_id=request.object_id, file_name=request.file_name, file_size=request.file_size,
+            chunk_size=request.chunk_size, sha256=request.sha256, content_type=request.content_type,
+            metadata=dict(request.metadata), if_absent=request.if_absent,
+            if_generation_match=request.if_generation_match, client=client_of(context))
+
+        async def body():
+            rec = await self._run(self.store.create_session, req)
+            self.metrics.add("sessions_created")
+            return upload_session(rec)
+        return await self._guard(context, body)
+
+    async def GetUploadSession(self, request, context):
+        async def body():
+            return upload_session(await self._run(self.store.get_session, request.upload_id))
+        return await self._guard(context, body)
+
+    async def AbortUploadSession(self, request, context):
+        async def body():
+            await self._run(self.store.abort_session, request.upload_id)
+            return oss_pb2.AbortUploadSessionResponse()
+        return await self._guard(context, body)
+
+    async def ListUploadSessions(self, request, context):
+        async def body():
+            rows, token = await self._run(self.store.list_sessions, request.object_id_prefix,
+                                          request.page_size, request.page_token)
+            return oss_pb2.ListUploadSessionsResponse(
+                sessions=[upload_session(r) for r in rows], next_page_token=token)
+        return await self._guard(context, body)
+
+    # -- upload -------------------------------------------------------------------------------
+
+    async def _next_chunk(self, context) -> oss_pb2.UploadChunk | None:
+        try:
+            msg = await asyncio.wait_for(context.read(), self.store.settings.stream_idle_timeout)
+        except asyncio.TimeoutError:
+            raise IdleTimeout("the stream sent nothing for the idle timeout") from None
+        return None if msg is grpc.aio.EOF else msg
+
+    async def Upload(self, request_iterator, context):
+        upload_id = ""
+
+        async def body():
+            nonlocal upload_id
+            first = await self._next_chunk(context)
+            if first is None:
+                raise InvalidArgument("the upload stream carried no message")
+            if not first.upload_id:
+                raise InvalidArgument("the first message must carry upload_id")
+            upload_id = first.upload_id
+            stream: UploadStream = await self._run(self.store.open_upload, upload_id)
+            self._stream_started()
+            try:
+                return await self._pump(context, stream, first)
+            finally:
+                self._stream_ended()
+
+        async def body_with_offset():
+            # API.md: every failed Upload names the durable resume point in its metadata.
+            try:
+                return await body()
+            except OssError as err:
+                if "uploaded_offset" not in err.metadata:
+                    offset = await self._run(self.store.durable_offset, upload_id) if upload_id else 0
+                    err.with_metadata(uploaded_offset=offset)
+                raise
+        return await self._guard(context, body_with_offset)
+
+    async def _pump(self, context, stream: UploadStream, first) -> oss_pb2.UploadResponse:
+        msg = first
+        try:
+            while msg is not None:
+                if msg.upload_id and msg.upload_id != stream.upload_id:
+                    raise InvalidArgument("upload_id differs from the stream's first message")
+                started = time.monotonic()
+                await self._run(stream.accept, msg.offset, msg.data,
+                                msg.crc32 if msg.HasField("crc32") else None,
+                                msg.crc32c if msg.HasField("crc32c") else None, msg.sha256)
+                self.metrics.observe("chunk_write_seconds", time.monotonic() - started)
+                self.metrics.add("received_bytes", len(msg.data))
+                self.metrics.add("chunks_received")
+                msg = await self._next_chunk(context)
+            rec, obj = await self._run(stream.finish)
+        except OssError as err:
+            await self._cleanup(stream)
+            raise err.with_metadata(uploaded_offset=stream.durable_offset)
+        except BaseException:
+            await self._cleanup(stream)
+            raise
+        response = oss_pb2.UploadResponse(session=upload_session(rec))
+        if obj is not None:
+            response.object.CopyFrom(object_info(obj))
+        return response
+
+    async def _cleanup(self, stream: UploadStream) -> None:
+        """Checkpoint and release, even when the call is being cancelled."""
+        future = asyncio.get_running_loop().run_in_executor(self.pool, stream.close)
+        self.cleanups.add(future)
+        future.add_done_callback(self.cleanups.discard)
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            pass  # the pool still runs close(); the stream's lock orders it after any write
+
+    async def wait_for_cleanups(self, timeout: float) -> None:
+        """Let every queued checkpoint finish (used by drain, before the pool stops)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.cleanups or self.active_streams:
+            if asyncio.get_running_loop().time() > deadline:
+                log.error("%d stream cleanups still running at shutdown", len(self.cleanups))
+                return
+            if self.cleanups:
+                await asyncio.wait(set(self.cleanups), timeout=0.1)
+            else:
+                await asyncio.sleep(0.01)
+
+    # -- objects ------------------------------------------------------------------------------
+
+    async def Download(self, request, context):
+        end = request.end_offset if request.HasField("end_offset") else None
+
+        async def body():
+            started = time.monotonic()
+            reader = await self._run(self.store.open_download, request.object_id,
+                                     request.start_offset, end, request.chunk_size,
+                                     request.if_generation_match)
+            self._stream_started()
+            try:
+                await self._send(context, reader, started)
+            finally:
+                self._stream_ended()
+                reader.close()
+        await self._guard(context, body)
+
+    async def _send(self, context, reader, started: float) -> None:
+        info = object_info(reader.object)
+        if reader.start == reader.end:
+            await context.write(oss_pb2.DownloadChunk(offset=reader.start, object=info))
+            self.metrics.observe("download_first_byte_seconds", time.monotonic() - started)
+            return
+        offset = reader.start
+        pending = asyncio.ensure_future(self._run(reader.read, offset))
+        try:
+            while offset < reader.end:
+                data, crc = await pending
+                following = offset + len(data)
+                # Read the next chunk while this one is on the wire.
+                pending = (asyncio.ensure_future(self._run(reader.read, following))
+                           if following < reader.end else None)
+                msg = oss_pb2.DownloadChunk(offset=offset, data=data, crc32=crc)
+                first = info is not None
+                if first:
+                    msg.object.CopyFrom(info)
+                    info = None
+                await context.write(msg)
+                if first:
+                    self.metrics.observe("download_first_byte_seconds", time.monotonic() - started)
+                self.metrics.add("sent_bytes", len(data))
+                self.metrics.add("chunks_sent")
+                offset = following
+        finally:
+            if pending is not None:
+                await asyncio.gather(pending, return_exceptions=True)
+
+    async def StatObject(self, request, context):
+        async def body():
+            return object_info(await self._run(self.store.stat, request.object_id))
+        return await self._guard(context, body)
+
+    async def ListObjects(self, request, context):
+        async def body():
+            rows, token = await self._run(self.store.list_objects, request.prefix,
+                                          request.page_size, request.page_token)
+            return oss_pb2.ListObjectsResponse(objects=[object_info(o) for o in rows],
+                                               next_page_token=token)
+        return await self._guard(context, body)
+
+    async def DeleteObject(self, request, context):
+        async def body():
+            await self._run(self.store.delete, request.object_id, request.if_generation_match)
+            return oss_pb2.DeleteObjectResponse()
+        return await self._guard(context, body)
+
+    async def GetNodeInfo(self, request, context):
+        s = self.store.settings
+
+        async def body():
+            return oss_pb2.NodeInfo(
+                version=__version__, default_chunk_size=s.default_chunk_size,
+                max_chunk_size=s.max_chunk_size, max_object_size=s.max_object_size,
+                session_ttl_ms=int(s.session_ttl * 1000), checksums=list(CHECKSUMS),
+                workers=self.workers, worker_id=self.worker_id,
+                stream_idle_timeout_ms=int(s.stream_idle_timeout * 1000))
+        return await self._guard(context, body)

@@ -1,0 +1,249 @@
+"""Bytes on disk: the `parts/`, `objects/` and `index/` layout of the seed design.
+
+    parts/<object_id>_<file_name>.part.<upload_id>     an upload in flight
+    objects/<object_id>_<stem>_<upload_id><ext>          a committed version (immutable)
+    index/<object_id> -> ../objects/<file>               the current version, a relative symlink
+
+Everything here is blocking file I/O, run by the caller in a thread pool. This module knows
+nothing of sessions' rules or of the catalog; it offers the steps and the node logic orders
+them:
+
+* A stream's exclusive claim on a session is `flock(LOCK_EX | LOCK_NB)` on its part file:
+  it works across worker processes, between two opens in one process, and dies with its holder.
+* Writes are `os.pwrite` at the offset the session rules chose; durability is `fdatasync`.
+* Commit is: fsync the part, rename it into `objects/`, fsync `objects/`; then (inside the
+  catalog's write transaction) swap the index symlink by renaming a fresh symlink over it.
+  A reader that opens `index/<object_id>` sees the old version or the new one, never a mix,
+  a partial file, or nothing.
+
+Disk-full conditions (ENOSPC, EDQUOT, EFBIG from RLIMIT_FSIZE) become `DiskFull`.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import secrets
+from dataclasses import dataclass
+
+from node.errors import DiskFull, SessionBusy
+
+PARTS, OBJECTS, INDEX = "parts", "objects", "index"
+READ_BLOCK = 1 << 20
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _disk_full(exc: OSError) -> bool:
+    return exc.errno in _DISK_FULL_ERRNOS
+
+
+class PartClaim:
+    """An open, exclusively locked part file: the holder may write the session's bytes."""
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def truncate(self, length: int) -> None:
+        os.ftruncate(self.fd, length)
+
+    def write(self, offset: int, data: memoryview | bytes) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.pwrite(self.fd, view, offset)
+                view = view[written:]
+                offset += written
+        except OSError as exc:
+            if _disk_full(exc):
+                raise DiskFull("no space left for the upload") from exc
+            raise
+
+    def sync(self) -> None:
+        try:
+            os.fdatasync(self.fd)
+        except OSError as exc:
+            if _disk_full(exc):
+                raise DiskFull("no space left to make the upload durable") from exc
+            raise
+
+    def hash_prefix(self, length: int, start: int = 0, hasher=None):
+        """SHA-256 over [start, length) of the part, continuing `hasher` if given."""
+        hasher = hasher or hashlib.sha256()
+        offset = start
+        while offset < length:
+            block = os.pread(self.fd, min(READ_BLOCK, length - offset), offset)
+            if not block:
+                raise OSError(errno.EIO, f"part file {self.path} is shorter than {length}")
+            hasher.update(block)
+            offset += len(block)
+        return hasher
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing drops the flock
+            self.fd = -1
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: str
+
+    @property
+    def parts(self) -> str:
+        return os.path.join(self.root, PARTS)
+
+    @property
+    def objects(self) -> str:
+        return os.path.join(self.root, OBJECTS)
+
+    @property
+    def index(self) -> str:
+        return os.path.join(self.root, INDEX)
+
+    def part(self, part_name: str) -> str:
+        return os.path.join(self.parts, part_name)
+
+    def object(self, disk_name: str) -> str:
+        return os.path.join(self.objects, disk_name)
+
+    def index_entry(self, object_id: str) -> str:
+        return os.path.join(self.index, object_id)
+
+
+class Storage:
+    def __init__(self, root: str) -> None:
+        self.layout = Layout(os.path.abspath(root))
+        for path in (self.layout.root, self.layout.parts, self.layout.objects, self.layout.index):
+            os.makedirs(path, exist_ok=True)
+
+    # -- parts --------------------------------------------------------------------------------
+
+    def create_part(self, part_name: str) -> None:
+        path = self.layout.part(part_name)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            if _disk_full(exc):
+                raise DiskFull("no space left to start an upload") from exc
+            raise
+        os.close(fd)
+        self.fsync_dir(self.layout.parts)
+
+    def claim(self, path: str) -> PartClaim | None:
+        """Open and lock the file at `path`; None if it does not exist; SessionBusy if held."""
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SessionBusy("another stream is writing to this session") from None
+        # The file may have been renamed or removed between open and lock: make sure the
+        # locked inode is still the one at `path`.
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            os.close(fd)
+            return None
+        return PartClaim(path, fd)
+
+    def remove_part(self, part_name: str) -> None:
+        try:
+            os.unlink(self.layout.part(part_name))
+        except FileNotFoundError:
+            pass
+
+    def part_names(self) -> list[str]:
+        return os.listdir(self.layout.parts)
+
+    # -- commit -------------------------------------------------------------------------------
+
+    def promote(self, claim: PartClaim, disk_name: str) -> None:
+        """Make the part durable and move it into objects/ (the claim stays held)."""
+        try:
+            os.fsync(claim.fd)
+        except OSError as exc:
+            if _disk_full(exc):
+                raise DiskFull("no space left to commit the object") from exc
+            raise
+        target = self.layout.object(disk_name)
+        os.rename(claim.path, target)
+        claim.path = target
+        self.fsync_dir(self.layout.objects)
+
+    def demote(self, disk_name: str, part_name: str) -> None:
+        """Undo `promote` (a commit that did not happen): objects/ back to parts/."""
+        os.rename(self.layout.object(disk_name), self.layout.part(part_name))
+
+    def publish(self, object_id: str, disk_name: str) -> None:
+        """Point index/<object_id> at objects/<disk_name>, replacing any old entry atomically."""
+        tmp = os.path.join(self.layout.index, f".tmp.{object_id}.{secrets.token_hex(6)}")
+        os.symlink(os.path.join("..", OBJECTS, disk_name), tmp)
+        os.rename(tmp, self.layout.index_entry(object_id))
+
+    def unpublish(self, object_id: str) -> None:
+        try:
+            os.unlink(self.layout.index_entry(object_id))
+        except FileNotFoundError:
+            pass
+
+    def index_target(self, object_id: str) -> str | None:
+        """The objects/ file name index/<object_id> points to, or None."""
+        try:
+            return os.path.basename(os.readlink(self.layout.index_entry(object_id)))
+        except (FileNotFoundError, OSError):
+            return None
+
+    def index_names(self) -> list[str]:
+        return os.listdir(self.layout.index)
+
+    def remove_index_name(self, name: str) -> None:
+        try:
+            os.unlink(os.path.join(self.layout.index, name))
+        except FileNotFoundError:
+            pass
+
+    # -- objects ------------------------------------------------------------------------------
+
+    def open_object(self, disk_name: str) -> int | None:
+        """An fd of a committed version (it stays readable if the version is later replaced)."""
+        try:
+            return os.open(self.layout.object(disk_name), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+
+    def object_exists(self, disk_name: str) -> bool:
+        return os.path.exists(self.layout.object(disk_name))
+
+    def remove_object(self, disk_name: str) -> None:
+        try:
+            os.unlink(self.layout.object(disk_name))
+        except FileNotFoundError:
+            pass
+
+    def object_names(self) -> list[str]:
+        return os.listdir(self.layout.objects)
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    @staticmethod
+    def fsync_dir(path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.layout.root)
+        return st.f_bavail * st.f_frsize

@@ -1,0 +1,671 @@
+"""The node's logic: what happens to sessions and objects, in what order.
+
+Three layers (STYLE.md): the servicer parses requests and maps errors; this module decides;
+`storage` and `catalog` store. Every method here is blocking and is run by the servicer in the
+worker's thread pool; nothing here knows about gRPC.
+
+Ordering rules that keep objects whole across crashes of any process:
+
+* create:  part file first, then the session row (a crash in between leaves an orphan part
+           that recovery removes).
+* write:   pwrite, hash; nothing else per chunk. A checkpoint is fdatasync, then one catalog
+           write of `uploaded_offset`: the catalog never claims bytes the disk may not have.
+* commit:  fsync + rename into objects/ + fsync objects/ (outside the catalog lock); then one
+           write transaction checks the preconditions, swaps index/<object_id> and records the
+           object and the session as COMMITTED; then the replaced version's file is unlinked.
+           A crash before the transaction leaves the file in objects/ with an ACTIVE session:
+           the next claim (or recovery) moves it back to parts/ and the upload can finish.
+* readers: read the object row, then open objects/<disk_name> by name; a download holds its
+           file descriptor, so a version replaced mid-download stays readable to it.
+"""
+
+from __future__ import annotations
+
+import collections
+import fcntl
+import hashlib
+import logging
+import os
+import threading
+import time
+import zlib
+from dataclasses import dataclass
+
+import google_crc32c
+
+from node import names, ranges
+from node.catalog import Catalog, CatalogPool, ObjectRecord, SessionRecord
+from node.config import Settings
+from node.metrics import NullSlot
+from node.errors import (ChecksumMismatch, ChunkTooLarge, GenerationMismatch, InvalidArgument,
+                         InvalidPageToken, ObjectExists, ObjectNotFound, OssError,
+                         SessionNotFound, Sha256Mismatch, TooLarge)
+from node.session_rules import (State, advise_chunk_size, is_complete, merge_expected_sha256,
+                                normalize_sha256, plan_chunk, transition, upload_disposition)
+from node.storage import PartClaim, Storage
+
+log = logging.getLogger("mini_oss.store")
+
+SWEEP_LOCK = ".sweep.lock"
+HASH_CACHE_SIZE = 256
+OPEN_RETRIES = 8
+
+
+def check_preconditions(current: ObjectRecord | None, if_absent: bool, if_generation_match: str) -> None:
+    """API.md: both may be set and both must hold."""
+    if if_absent and current is not None:
+        raise ObjectExists(f"object {current.object_id!r} already exists",
+                           generation=current.generation)
+    if if_generation_match and (current is None or current.generation != if_generation_match):
+        raise GenerationMismatch("the object's current generation does not match",
+                                 current_generation=current.generation if current else "")
+
+
+@dataclass(frozen=True, slots=True)
+class NewSession:
+    """The fields of a CreateUploadSession request, as the servicer parsed them."""
+    object_id: str
+    file_name: str
+    file_size: int
+    chunk_size: int = 0
+    sha256: str = ""
+    content_type: str = ""
+    metadata: dict | None = None
+    if_absent: bool = False
+    if_generation_match: str = ""
+    client: str = ""
+
+
+class HashCache:
+    """SHA-256 states of recently released sessions, so a resume in this process need not
+    re-read the part file. An entry is only used when its offset is the session's checkpoint:
+    bytes below a checkpoint never change."""
+
+    def __init__(self, size: int = HASH_CACHE_SIZE) -> None:
+        self._entries: collections.OrderedDict[str, tuple[int, object]] = collections.OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def put(self, upload_id: str, offset: int, hasher) -> None:
+        with self._lock:
+            self._entries[upload_id] = (offset, hasher.copy())
+            self._entries.move_to_end(upload_id)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+
+    def take(self, upload_id: str, offset: int):
+        with self._lock:
+            entry = self._entries.pop(upload_id, None)
+        if entry is not None and entry[0] <= offset:
+            return entry
+        return None
+
+    def drop(self, upload_id: str) -> None:
+        with self._lock:
+            self._entries.pop(upload_id, None)
+
+
+class Store:
+    def __init__(self, settings: Settings, *, clock=time.time, events=None) -> None:
+        self.settings = settings
+        self.clock = clock
+        #: Where session events and commit times are counted (a metrics slot or forwarder).
+        self.events = events or NullSlot()
+        self.storage = Storage(settings.data_dir)
+        self.catalogs = CatalogPool(settings.data_dir)
+        self.hashes = HashCache()
+        self.ttl_ms = int(settings.session_ttl * 1000)
+        self._secret: bytes | None = None
+
+    @property
+    def catalog(self):
+        return self.catalogs.get()
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def close(self) -> None:
+        self.catalogs.close()
+
+    def page_secret(self) -> bytes:
+        if self._secret is None:
+            self._secret = self.catalog.page_token_secret()
+        return self._secret
+
+    # -- sessions -----------------------------------------------------------------------------
+
+    def create_session(self, req: NewSession) -> SessionRecord:
+        object_id = names.validate_object_id(req.object_id)
+        file_name = names.validate_file_name(req.file_name)
+        content_type = names.validate_content_type(req.content_type)
+        metadata = names.validate_metadata(req.metadata or {})
+        if req.file_size < 0:
+            raise InvalidArgument("file_size must be >= 0")
+        if req.file_size > self.settings.max_object_size:
+            raise TooLarge(f"file_size {req.file_size} exceeds the node's max object size",
+                           max_object_size=self.settings.max_object_size)
+        chunk_size = advise_chunk_size(req.chunk_size, self.settings.default_chunk_size,
+                                       self.settings.max_chunk_size)
+        sha256 = normalize_sha256(req.sha256)
+        check_preconditions(self.catalog.get_object(object_id), req.if_absent, req.if_generation_match)
+        now = self.now_ms()
+        rec = SessionRecord(
+            upload_id=names.new_upload_id(), object_id=object_id, file_name=file_name,
+            file_size=req.file_size, chunk_size=chunk_size, uploaded_offset=0, sha256=sha256,
+            state=State.ACTIVE, content_type=content_type, metadata=metadata,
+            if_absent=req.if_absent, if_generation_match=req.if_generation_match,
+            client=req.client, created_at_ms=now, updated_at_ms=now, expires_at_ms=now + self.ttl_ms)
+        self.storage.create_part(self._part_name(rec))
+        try:
+            self.catalog.insert_session(rec)
+        except BaseException:
+            self.storage.remove_part(self._part_name(rec))
+            raise
+        return rec
+
+    def get_session(self, upload_id: str) -> SessionRecord:
+        rec = self._lookup(upload_id)
+        if rec.state is State.ACTIVE and rec.expires_at_ms < self.now_ms():
+            rec = self._expire(rec)
+        return rec
+
+    def abort_session(self, upload_id: str) -> None:
+        rec = self.get_session(upload_id)
+        if rec.state is not State.ACTIVE:
+            transition(rec.state, "abort")  # ABORTED: OK again; COMMITTED: SessionCommitted
+            return
+        claim, rec = self._claim(rec)
+        if claim is None:  # it ended while we looked
+            transition(rec.state, "abort")
+            return
+        try:
+            self._end(rec, "abort")
+        finally:
+            claim.release()
+
+    def list_sessions(self, prefix: str, page_size: int, page_token: str) -> tuple[list[SessionRecord], str]:
+        limit = ranges.page_size(page_size)
+        after = None
+        if page_token:
+            key = ranges.decode_page_token(self.page_secret(), "sessions", prefix, page_token)
+            if len(key) != 2:
+                raise InvalidPageToken("page_token was not issued for this listing")
+            after = (key[0], key[1])
+        rows = self.catalog.list_active_sessions(prefix, after, limit + 1)
+        now = self.now_ms()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        token = ""
+        if more and rows:
+            token = ranges.encode_page_token(self.page_secret(), "sessions", prefix,
+                                             (rows[-1].object_id, rows[-1].upload_id))
+        # Expired-but-not-yet-swept sessions are no longer ACTIVE in the contract's eyes.
+        return [r for r in rows if r.expires_at_ms >= now], token
+
+    def durable_offset(self, upload_id: str) -> int:
+        """The checkpointed uploaded_offset of a session, or 0 for an id we do not know."""
+        rec = self.catalog.get_session(upload_id) if names.is_upload_id(upload_id) else None
+        return rec.uploaded_offset if rec is not None else 0
+
+    def _lookup(self, upload_id: str) -> SessionRecord:
+        if not names.is_upload_id(upload_id):
+            raise SessionNotFound(f"no upload session {upload_id!r}")
+        rec = self.catalog.get_session(upload_id)
+        if rec is None or (rec.state is not State.ACTIVE and rec.expires_at_ms < self.now_ms()):
+            raise SessionNotFound(f"no upload session {upload_id!r}")
+        return rec
+
+    def _part_name(self, rec: SessionRecord) -> str:
+        return names.part_file_name(rec.object_id, rec.file_name, rec.upload_id)
+
+    def _disk_name(self, rec: SessionRecord) -> str:
+        return names.object_file_name(rec.object_id, rec.file_name, rec.upload_id)
+
+    def _end(self, rec: SessionRecord, event: str) -> SessionRecord:
+        """End an ACTIVE session whose part we hold (abort, expire, failed commit); free its bytes."""
+        state = transition(rec.state, event)
+        now = self.now_ms()
+        self.catalog.end_session(rec.upload_id, state, now, now + self.ttl_ms)
+        self.storage.remove_part(self._part_name(rec))
+        self.hashes.drop(rec.upload_id)
+        self.events.add("sessions_expired" if event == "expire" else "sessions_aborted")
+        return rec.replace(state=state, updated_at_ms=now, expires_at_ms=now + self.ttl_ms)
+
+    def _expire(self, rec: SessionRecord) -> SessionRecord:
+        """Expire an idle ACTIVE session, unless a stream holds it (then it is not idle)."""
+        try:
+            claim, rec = self._claim(rec)
+        except OssError:  # busy: somebody is writing to it
+            return rec
+        if claim is None:
+            return rec
+        try:
+            if rec.state is State.ACTIVE and rec.expires_at_ms < self.now_ms():
+                rec = self._end(rec, "expire")
+                log.info("session %s expired", rec.upload_id)
+            return rec
+        finally:
+            claim.release()
+
+    def _claim(self, rec: SessionRecord) -> tuple[PartClaim | None, SessionRecord]:
+        """Take the exclusive claim on an ACTIVE session's part file.
+
+        Returns (claim, fresh record); (None, record) when the session turned out to have
+        ended. Raises SessionBusy when another stream (in any process) holds it. Repairs what
+        a crashed holder left: a part longer than its checkpoint is cut back; a part that a
+        crashed commit had already moved into objects/ is moved back.
+        """
+        for _ in range(OPEN_RETRIES):
+            claim = self.storage.claim(self.storage.layout.part(self._part_name(rec)))
+            if claim is None:
+                fresh = self.catalog.get_session(rec.upload_id)
+                if fresh is None or fresh.state is not State.ACTIVE:
+                    return None, fresh or rec
+                self._reclaim_promoted(fresh)
+                rec = fresh
+                continue
+            fresh = self.catalog.get_session(rec.upload_id)
+            if fresh is None or fresh.state is not State.ACTIVE:
+                claim.release()
+                return None, fresh or rec
+            size = claim.size()
+            if size > fresh.uploaded_offset:
+                claim.truncate(fresh.uploaded_offset)
+            elif size < fresh.uploaded_offset:
+                log.error("part of %s holds %d bytes, checkpoint says %d: resuming from %d",
+                          fresh.upload_id, size, fresh.uploaded_offset, size)
+                self.catalog.reset_session_offset(fresh.upload_id, size)
+                fresh = fresh.replace(uploaded_offset=size)
+            return claim, fresh
+        raise RuntimeError(f"could not claim session {rec.upload_id}")
+
+    def _reclaim_promoted(self, rec: SessionRecord) -> None:
+        """An ACTIVE session without a part file: a commit was cut short, or the part was lost."""
+        disk_name = self._disk_name(rec)
+        promoted = self.storage.claim(self.storage.layout.object(disk_name))  # SessionBusy if mid-commit
+        if promoted is None:
+            log.error("session %s lost its part file: restarting it from 0", rec.upload_id)
+            self.storage.create_part(self._part_name(rec))
+            self.catalog.reset_session_offset(rec.upload_id, 0)
+            return
+        try:
+            fresh = self.catalog.get_session(rec.upload_id)
+            if fresh is not None and fresh.state is State.ACTIVE:
+                log.warning("session %s: moving an unfinished commit back to parts/", rec.upload_id)
+                self.storage.demote(disk_name, self._part_name(rec))
+                self._repair_index(rec.object_id)
+        finally:
+            promoted.release()
+
+    def _repair_index(self, object_id: str) -> None:
+        """Make index/<object_id> agree with the catalog's current version."""
+        current = self.catalog.get_object(object_id)
+        target = self.storage.index_target(object_id)
+        if current is None:
+            if target is not None or os.path.lexists(self.storage.layout.index_entry(object_id)):
+                self.storage.unpublish(object_id)
+        elif target != current.disk_name:
+            self.storage.publish(object_id, current.disk_name)
+
+    # -- uploads ------------------------------------------------------------------------------
+
+    def open_upload(self, upload_id: str) -> "UploadStream":
+        rec = self._lookup(upload_id)
+        if rec.state is State.ACTIVE and rec.expires_at_ms < self.now_ms():
+            rec = self._expire(rec)
+        if upload_disposition(rec.state) == "replay":
+            return UploadStream(self, rec, None)
+        claim, rec = self._claim(rec)
+        if claim is None:
+            upload_disposition(rec.state)  # ABORTED: SessionNotFound
+            return UploadStream(self, rec, None)
+        try:
+            if rec.expires_at_ms < self.now_ms():
+                self._end(rec, "expire")
+                raise SessionNotFound(f"upload session {upload_id!r} expired")
+            return UploadStream(self, rec, claim)
+        except BaseException:
+            claim.release()
+            raise
+
+    # -- objects ------------------------------------------------------------------------------
+
+    def stat(self, object_id: str) -> ObjectRecord:
+        names.validate_object_id(object_id)
+        obj = self.catalog.get_object(object_id)
+        if obj is None:
+            raise ObjectNotFound(f"no object {object_id!r}")
+        return obj
+
+    def list_objects(self, prefix: str, page_size: int, page_token: str) -> tuple[list[ObjectRecord], str]:
+        limit = ranges.page_size(page_size)
+        after = None
+        if page_token:
+            key = ranges.decode_page_token(self.page_secret(), "objects", prefix, page_token)
+            if len(key) != 1:
+                raise InvalidPageToken("page_token was not issued for this listing")
+            after = key[0]
+        rows = self.catalog.list_objects(prefix, after, limit + 1)
+        token = ""
+        if len(rows) > limit:
+            rows = rows[:limit]
+            token = ranges.encode_page_token(self.page_secret(), "objects", prefix, (rows[-1].object_id,))
+        return rows, token
+
+    def delete(self, object_id: str, if_generation_match: str) -> None:
+        names.validate_object_id(object_id)
+
+        def check(current: ObjectRecord | None) -> None:
+            if current is None:
+                raise ObjectNotFound(f"no object {object_id!r}")
+            check_preconditions(current, False, if_generation_match)
+
+        removed = self.catalog.delete_object(object_id, check,
+                                             lambda obj: self.storage.unpublish(obj.object_id))
+        self.storage.fsync_dir(self.storage.layout.index)
+        self.storage.remove_object(removed.disk_name)
+
+    def open_download(self, object_id: str, start_offset: int, end_offset: int | None,
+                      chunk_size: int, if_generation_match: str) -> "DownloadReader":
+        names.validate_object_id(object_id)
+        size = advise_chunk_size(chunk_size, self.settings.default_chunk_size, self.settings.max_chunk_size)
+        for _ in range(OPEN_RETRIES):
+            obj = self.catalog.get_object(object_id)
+            if obj is None:
+                raise ObjectNotFound(f"no object {object_id!r}")
+            if if_generation_match and obj.generation != if_generation_match:
+                raise GenerationMismatch("the object changed since that generation",
+                                         current_generation=obj.generation)
+            start, end = ranges.resolve_range(obj.size, start_offset, end_offset)
+            fd = self.storage.open_object(obj.disk_name)
+            if fd is not None:
+                return DownloadReader(fd, obj, start, end, size)
+            # Replaced (and its file freed) between the lookup and the open: look again.
+        raise RuntimeError(f"object {object_id} keeps vanishing under the reader")
+
+    # -- housekeeping -------------------------------------------------------------------------
+
+    def sweep(self) -> int:
+        """Expire idle sessions and forget old ended ones; one process at a time does it."""
+        lock_path = os.path.join(self.storage.layout.root, SWEEP_LOCK)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0
+            expired = 0
+            for rec in self.catalog.expired_active(self.now_ms()):
+                if self._expire(rec).state is State.ABORTED:
+                    expired += 1
+            self.catalog.forget_ended(self.now_ms())
+            return expired
+        finally:
+            os.close(fd)
+
+    def recover(self) -> dict[str, int]:
+        """Bring disk and catalog into agreement after a crash. Run before serving, alone."""
+        report = collections.Counter()
+        active = self.catalog.sessions_in_state(State.ACTIVE)
+        for rec in active:
+            claim, _ = self._claim(rec)  # cuts torn tails, moves unfinished commits back
+            if claim is not None:
+                claim.release()
+                report["sessions_checked"] += 1
+        active = self.catalog.sessions_in_state(State.ACTIVE)
+        objects = self.catalog.all_objects()
+        for obj in objects:
+            if not self.storage.object_exists(obj.disk_name):
+                log.error("object %s lost its file %s: forgetting it", obj.object_id, obj.disk_name)
+                self.catalog.drop_object_row(obj.object_id)
+                self.storage.unpublish(obj.object_id)
+                report["objects_lost"] += 1
+            elif self.storage.index_target(obj.object_id) != obj.disk_name:
+                self.storage.publish(obj.object_id, obj.disk_name)
+                report["index_repaired"] += 1
+        known_objects = {o.object_id for o in objects}
+        for name in self.storage.index_names():
+            if name not in known_objects:
+                self.storage.remove_index_name(name)
+                report["index_removed"] += 1
+        live_parts = {self._part_name(r) for r in active}
+        for name in self.storage.part_names():
+            if name not in live_parts:
+                self.storage.remove_part(name)
+                report["orphan_parts"] += 1
+        live_objects = {o.disk_name for o in self.catalog.all_objects()}
+        for name in self.storage.object_names():
+            if name not in live_objects:
+                self.storage.remove_object(name)
+                report["orphan_objects"] += 1
+        for path in (self.storage.layout.index, self.storage.layout.parts, self.storage.layout.objects):
+            self.storage.fsync_dir(path)
+        report["expired"] = self.sweep()
+        return dict(report)
+
+
+def prepare_data_dir(settings: Settings) -> dict[str, int]:
+    """Create the layout and the catalog, and repair what a crash left.
+
+    Run once, alone, before any worker serves (the supervisor does it).
+    """
+    store = Store(settings)
+    try:
+        Catalog.prepare(settings.data_dir)
+        return store.recover()
+    finally:
+        store.close()
+
+
+class UploadStream:
+    """One Upload stream's hold on a session: the claim, the running hash, the offsets.
+
+    Calls come from pool threads, one at a time per stream in the normal course; the lock
+    also orders the cleanup that a cancelled stream schedules behind a chunk still in flight.
+    """
+
+    def __init__(self, store: Store, rec: SessionRecord, claim: PartClaim | None) -> None:
+        self.store = store
+        self.rec = rec
+        self.claim = claim
+        self.offset = rec.uploaded_offset
+        self.durable_offset = rec.uploaded_offset
+        self.sha256 = rec.sha256
+        self._durable_sha256 = rec.sha256
+        self.committed: ObjectRecord | None = rec.object if rec.state is State.COMMITTED else None
+        self._lock = threading.Lock()
+        self._hasher = None
+        self._since_checkpoint = 0
+        self._checkpoint_at = time.monotonic() + store.settings.checkpoint_interval
+
+    @property
+    def upload_id(self) -> str:
+        return self.rec.upload_id
+
+    @property
+    def replay(self) -> bool:
+        return self.claim is None
+
+    def _ensure_hasher(self) -> None:
+        if self._hasher is not None:
+            return
+        cached = self.store.hashes.take(self.upload_id, self.offset)
+        if cached is not None:
+            start, hasher = cached
+        else:
+            start, hasher = 0, hashlib.sha256()
+        assert self.claim is not None
+        self._hasher = self.claim.hash_prefix(self.offset, start, hasher)
+
+    def accept(self, offset: int, data: bytes, crc32: int | None, crc32c: int | None, sha256: str) -> None:
+        """Verify and store one chunk; commit when the object is complete."""
+        with self._lock:
+            settings = self.store.settings
+            if len(data) > settings.max_chunk_size:
+                raise ChunkTooLarge(f"chunk of {len(data)} bytes exceeds max_chunk_size",
+                                    max_chunk_size=settings.max_chunk_size)
+            if crc32 is not None and zlib.crc32(data) != crc32:
+                raise ChecksumMismatch("crc32 of the chunk does not match", offset=offset)
+            if crc32c is not None and google_crc32c.value(data) != crc32c:
+                raise ChecksumMismatch("crc32c of the chunk does not match", offset=offset)
+            if self.replay:
+                return  # a committed session: every chunk is a duplicate
+            self.sha256 = merge_expected_sha256(self.sha256, sha256)
+            plan = plan_chunk(uploaded_offset=self.offset, file_size=self.rec.file_size,
+                              offset=offset, length=len(data), max_chunk_size=settings.max_chunk_size)
+            if plan.length:
+                self._ensure_hasher()
+                view = memoryview(data)[plan.skip:plan.skip + plan.length]
+                assert self.claim is not None
+                self.claim.write(plan.write_at, view)
+                self._hasher.update(view)
+                self.offset = plan.new_offset
+                self._since_checkpoint += plan.length
+                if (self._since_checkpoint >= settings.checkpoint_bytes
+                        or time.monotonic() >= self._checkpoint_at):
+                    self._checkpoint()
+            if is_complete(self.offset, self.rec.file_size):
+                self._commit()
+
+    def finish(self) -> tuple[SessionRecord, ObjectRecord | None]:
+        """The client closed the stream: commit if complete, else checkpoint; release."""
+        with self._lock:
+            try:
+                if not self.replay and self.committed is None and is_complete(self.offset, self.rec.file_size):
+                    self._commit()
+                self._release()
+            except BaseException:
+                self._release_quietly()
+                raise
+            return self.session(), self.committed
+
+    def close(self) -> None:
+        """The stream ended by an error or a cancel: keep what was verified, drop the claim."""
+        with self._lock:
+            self._release_quietly()
+
+    def session(self) -> SessionRecord:
+        if self.committed is not None:
+            return self.store.catalog.get_session(self.upload_id) or self.rec
+        return self.rec.replace(uploaded_offset=self.durable_offset, sha256=self._durable_sha256)
+
+    def _release_quietly(self) -> None:
+        try:
+            self._release()
+        except Exception:
+            log.exception("checkpoint of %s failed; its durable offset stays %d",
+                          self.upload_id, self.durable_offset)
+            if self.claim is not None:
+                self.claim.release()
+                self.claim = None
+
+    def _release(self) -> None:
+        if self.claim is None:
+            return
+        if self.committed is None:
+            if self.claim.size() > self.offset:  # a write that failed half-way
+                self.claim.truncate(self.offset)
+            if self.offset != self.durable_offset or self.sha256 != self._durable_sha256:
+                self._checkpoint()
+            if self._hasher is not None:
+                self.store.hashes.put(self.upload_id, self.offset, self._hasher)
+        self.claim.release()
+        self.claim = None
+
+    def _checkpoint(self) -> None:
+        assert self.claim is not None
+        self.claim.sync()
+        now = self.store.now_ms()
+        expires = now + self.store.ttl_ms
+        if not self.store.catalog.checkpoint(self.upload_id, self.offset, self.sha256, now, expires):
+            raise SessionNotFound(f"upload session {self.upload_id!r} is no longer active")
+        self.durable_offset = self.offset
+        self._durable_sha256 = self.sha256
+        self.rec = self.rec.replace(uploaded_offset=self.offset, sha256=self.sha256,
+                                    updated_at_ms=now, expires_at_ms=expires)
+        self._since_checkpoint = 0
+        self._checkpoint_at = time.monotonic() + self.store.settings.checkpoint_interval
+
+    def _commit(self) -> None:
+        store, rec = self.store, self.rec
+        assert self.claim is not None
+        self._ensure_hasher()
+        digest = self._hasher.hexdigest()
+        if self.sha256 and digest != self.sha256:
+            self._fail_commit()
+            raise Sha256Mismatch("the object's SHA-256 does not match the expected hash",
+                                 expected=self.sha256, actual=digest)
+        started = time.monotonic()
+        now = store.now_ms()
+        disk_name = store._disk_name(rec)
+        obj = ObjectRecord(object_id=rec.object_id, generation=rec.upload_id, file_name=rec.file_name,
+                           size=rec.file_size, sha256=digest, content_type=rec.content_type,
+                           metadata=rec.metadata, created_at_ms=now, disk_name=disk_name)
+        store.storage.promote(self.claim, disk_name)
+
+        def check(current: ObjectRecord | None) -> None:
+            check_preconditions(current, rec.if_absent, rec.if_generation_match)
+
+        try:
+            replaced = store.catalog.commit_object(
+                rec.upload_id, obj, now, now + store.ttl_ms, check,
+                lambda o: store.storage.publish(o.object_id, o.disk_name))
+        except (ObjectExists, GenerationMismatch):
+            store.storage.remove_object(disk_name)
+            self.claim.release()
+            self.claim = None
+            state = transition(rec.state, "fail_commit")
+            store.catalog.end_session(rec.upload_id, state, now, now + store.ttl_ms)
+            store.hashes.drop(rec.upload_id)
+            store.events.add("sessions_aborted")
+            self.committed = None
+            raise
+        except BaseException:
+            # The transaction rolled back: put the bytes back where a resume expects them.
+            store.storage.demote(disk_name, store._part_name(rec))
+            self.claim.path = store.storage.layout.part(store._part_name(rec))
+            store._repair_index(rec.object_id)
+            raise
+        store.storage.fsync_dir(store.storage.layout.index)
+        if replaced is not None and replaced.disk_name != disk_name:
+            store.storage.remove_object(replaced.disk_name)
+        self.committed = obj
+        self.durable_offset = self.offset
+        self.claim.release()
+        self.claim = None
+        store.hashes.drop(rec.upload_id)
+        store.events.add("sessions_committed")
+        store.events.add("objects_committed")
+        store.events.observe("commit_seconds", time.monotonic() - started)
+
+    def _fail_commit(self) -> None:
+        assert self.claim is not None
+        try:
+            self.store._end(self.rec, "fail_commit")
+        finally:
+            self.claim.release()
+            self.claim = None
+
+
+class DownloadReader:
+    """An open committed version and the range to send from it."""
+
+    def __init__(self, fd: int, obj: ObjectRecord, start: int, end: int, chunk_size: int) -> None:
+        self.fd = fd
+        self.object = obj
+        self.start = start
+        self.end = end
+        self.chunk_size = chunk_size
+
+    def read(self, offset: int) -> tuple[bytes, int]:
+        """The chunk at `offset` and its CRC-32."""
+        want = min(self.chunk_size, self.end - offset)
+        data = os.pread(self.fd, want, offset)
+        if len(data) != want:
+            raise OSError(f"object file of {self.object.object_id} is shorter than its record")
+        return data, zlib.crc32(data)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

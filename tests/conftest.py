@@ -1,0 +1,151 @@
+"""Shared fixtures: real nodes started the way a user starts them.
+
+`node_factory(**flags)` runs `python -m node serve --listen 127.0.0.1:0 --data-dir TMP ...` as a
+subprocess, waits for the ready line, and reads the bound port from it. Every node gets its own
+port and data directory (never shared between tests: SO_REUSEPORT would let a stale server take
+the traffic). Nodes are stopped at the end of the test, and killed if they do not stop.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import pytest
+
+from node.pb import oss_pb2_grpc
+
+READY = re.compile(r"mini-oss gRPC server started at :(\d+)")
+START_TIMEOUT = 30.0
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+class RunningNode:
+    """One `mini-oss serve` process and what a test needs to talk to it."""
+
+    def __init__(self, data_dir: pathlib.Path, flags: dict[str, object]):
+        self.data_dir = data_dir
+        self.flags = flags
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+        self.output: list[str] = []
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        args = [sys.executable, "-m", "node", "serve", "--listen", "127.0.0.1:0",
+                "--data-dir", str(self.data_dir), "--metrics-listen", ""]
+        for name, value in self.flags.items():
+            flag = "--" + name.replace("_", "-")
+            if value is True:
+                args.append(flag)
+            else:
+                args += [flag, str(value)]
+        return args
+
+    def start(self) -> "RunningNode":
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, env=env,
+                                     start_new_session=True)
+        deadline = time.monotonic() + START_TIMEOUT
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.output.append(line)
+            match = READY.search(line)
+            if match:
+                self.port = int(match.group(1))
+                # Keep draining the output so the node never blocks on a full pipe.
+                threading.Thread(target=self._drain, daemon=True).start()
+                return self
+        self.kill()
+        raise RuntimeError("node did not start:\n" + "".join(self.output))
+
+    def _drain(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line)
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(self.addr)
+
+    def stub(self) -> oss_pb2_grpc.ObjectStorageStub:
+        return oss_pb2_grpc.ObjectStorageStub(self.channel())
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM and wait; returns the exit status."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        """kill -9 of the node and every process it started."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+
+    def restart(self) -> "RunningNode":
+        """Start again on the same data directory (a new port)."""
+        self.stop()
+        return self.start()
+
+
+@pytest.fixture
+def node_factory(tmp_path):
+    nodes: list[RunningNode] = []
+
+    def make(data_dir: pathlib.Path | None = None, **flags) -> RunningNode:
+        node = RunningNode(data_dir or tmp_path / f"data{len(nodes)}", dict(flags))
+        nodes.append(node)
+        return node.start()
+
+    yield make
+    for node in nodes:
+        try:
+            node.stop(timeout=15)
+        except Exception:
+            node.kill()
+
+
+@pytest.fixture
+def node(node_factory) -> RunningNode:
+    return node_factory(workers=1)
+
+
+@pytest.fixture
+def stub(node):
+    with node.channel() as channel:
+        yield oss_pb2_grpc.ObjectStorageStub(channel)
