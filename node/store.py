@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import google_crc32c
 
-from node import names, ranges
+from node import failpoints, names, ranges
 from node.catalog import Catalog, CatalogPool, ObjectRecord, SessionRecord
 from node.config import Settings
 from node.metrics import NullSlot
@@ -518,6 +518,7 @@ class UploadStream:
                 view = memoryview(data)[plan.skip:plan.skip + plan.length]
                 assert self.claim is not None
                 self.claim.write(plan.write_at, view)
+                failpoints.hit("chunk_written")
                 self._hasher.update(view)
                 self.offset = plan.new_offset
                 self._since_checkpoint += plan.length
@@ -575,6 +576,7 @@ class UploadStream:
     def _checkpoint(self) -> None:
         assert self.claim is not None
         self.claim.sync()
+        failpoints.hit("checkpoint_synced")
         now = self.store.now_ms()
         expires = now + self.store.ttl_ms
         if not self.store.catalog.checkpoint(self.upload_id, self.offset, self.sha256, now, expires):
@@ -602,14 +604,18 @@ class UploadStream:
                            size=rec.file_size, sha256=digest, content_type=rec.content_type,
                            metadata=rec.metadata, created_at_ms=now, disk_name=disk_name)
         store.storage.promote(self.claim, disk_name)
+        failpoints.hit("commit_renamed")
 
         def check(current: ObjectRecord | None) -> None:
             check_preconditions(current, rec.if_absent, rec.if_generation_match)
 
+        def publish(o: ObjectRecord) -> None:
+            store.storage.publish(o.object_id, o.disk_name)
+            failpoints.hit("commit_published")
+
         try:
-            replaced = store.catalog.commit_object(
-                rec.upload_id, obj, now, now + store.ttl_ms, check,
-                lambda o: store.storage.publish(o.object_id, o.disk_name))
+            replaced = store.catalog.commit_object(rec.upload_id, obj, now, now + store.ttl_ms,
+                                                   check, publish)
         except (ObjectExists, GenerationMismatch):
             store.storage.remove_object(disk_name)
             self.claim.release()

@@ -42,9 +42,11 @@ def pytest_collection_modifyitems(config, items):
 class RunningNode:
     """One `mini-oss serve` process and what a test needs to talk to it."""
 
-    def __init__(self, data_dir: pathlib.Path, flags: dict[str, object]):
+    def __init__(self, data_dir: pathlib.Path, flags: dict[str, object],
+                 env: dict[str, str] | None = None):
         self.data_dir = data_dir
         self.flags = flags
+        self.env = env or {}
         self.proc: subprocess.Popen | None = None
         self.port = 0
         self.output: list[str] = []
@@ -65,7 +67,7 @@ class RunningNode:
         return args
 
     def start(self) -> "RunningNode":
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, env=env,
                                      start_new_session=True)
@@ -89,6 +91,30 @@ class RunningNode:
         assert self.proc is not None and self.proc.stdout is not None
         for line in self.proc.stdout:
             self.output.append(line)
+
+    def log_text(self) -> str:
+        return "".join(self.output)
+
+    def worker_pids(self) -> dict[int, int]:
+        """worker_id -> pid of its current process, once that process serves (from the
+        supervisor's log: "worker N started (pid P)", then "worker N serving on port")."""
+        started: dict[int, int] = {}
+        serving: dict[int, int] = {}
+        pattern = re.compile(r"worker (\d+) (?:started \(pid (\d+)\)|serving on port)")
+        for match in pattern.finditer(self.log_text()):
+            worker = int(match.group(1))
+            if match.group(2):
+                started[worker] = int(match.group(2))
+                serving.pop(worker, None)
+            elif worker in started:
+                serving[worker] = started[worker]
+        return serving
+
+    @property
+    def metrics_url(self) -> str:
+        match = re.search(r"metrics at (http://\S+/metrics)", self.log_text())
+        assert match, "the node was not started with --metrics-listen"
+        return match.group(1)
 
     def channel(self) -> grpc.Channel:
         return grpc.insecure_channel(self.addr)
@@ -127,8 +153,9 @@ class RunningNode:
 def node_factory(tmp_path):
     nodes: list[RunningNode] = []
 
-    def make(data_dir: pathlib.Path | None = None, **flags) -> RunningNode:
-        node = RunningNode(data_dir or tmp_path / f"data{len(nodes)}", dict(flags))
+    def make(data_dir: pathlib.Path | None = None, env: dict[str, str] | None = None,
+             **flags) -> RunningNode:
+        node = RunningNode(data_dir or tmp_path / f"data{len(nodes)}", dict(flags), env)
         nodes.append(node)
         return node.start()
 

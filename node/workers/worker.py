@@ -29,12 +29,13 @@ def worker_main(settings: Settings, worker_id: int, workers: int, metrics_path: 
     """Entry point of a spawned worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which forwards SIGTERM
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit is an error, not a kill
-    from node import server  # imports gRPC: only ever inside the worker process
+    from node import failpoints, server  # server imports gRPC: only ever inside the worker
 
     server.setup_logging(settings.log_level)
     booted = False
     slot = None
     try:
+        failpoints.hit("worker_boot")
         if metrics_path:
             from node.metrics import MetricsBlock
 

@@ -1,0 +1,59 @@
+"""Named fault-injection points, switched on by the environment (tests and drills only).
+
+Like FreeBSD's fail(9) or TiKV's fail-rs: code calls `hit("name")` at a point where a crash or
+an error is interesting, and nothing happens unless `MINI_OSS_FAILPOINTS` names that point:
+
+    MINI_OSS_FAILPOINTS="commit_renamed=crash,worker_boot=error"
+
+Actions: `error` raises FailpointError; `crash` is kill -9 of the process itself (no cleanup,
+no flush: a real crash); `sleep:S` sleeps S seconds; `crash-after:N` / `error-after:N` act on
+the Nth hit only. When the variable is unset, `hit` is one dictionary truth test.
+
+Points: worker_boot (before a worker serves), chunk_written (after a chunk's pwrite),
+checkpoint_synced (after fdatasync, before the catalog write), commit_renamed (part moved into
+objects/, before the catalog transaction), commit_published (index swapped, before the
+transaction commits).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+ENV = "MINI_OSS_FAILPOINTS"
+
+
+class FailpointError(RuntimeError):
+    """An injected failure."""
+
+
+def _parse(text: str) -> dict[str, tuple[str, float]]:
+    points: dict[str, tuple[str, float]] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, action = item.partition("=")
+        kind, _, arg = action.partition(":")
+        if kind not in ("error", "crash", "sleep", "crash-after", "error-after"):
+            raise ValueError(f"{ENV}: unknown action {action!r} for {name!r}")
+        points[name.strip()] = (kind, float(arg) if arg else 1.0)
+    return points
+
+
+_points = _parse(os.environ.get(ENV, ""))
+_hits: dict[str, int] = {}
+_lock = threading.Lock()
+
+
+def hit(name: str) -> None:
+    if not _points or name not in _points:
+        return
+    kind, arg = _points[name]
+    with _lock:
+        _hits[name] = count = _hits.get(name, 0) + 1
+    if kind == "sleep":
+        time.sleep(arg)
+    elif kind == "error" or (kind == "error-after" and count == int(arg)):
+        raise FailpointError(f"failpoint {name}")
+    elif kind == "crash" or (kind == "crash-after" and count == int(arg)):
+        os.kill(os.getpid(), signal.SIGKILL)
