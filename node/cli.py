@@ -1,0 +1,365 @@
+"""`mini-oss`: the command line (also `python -m node`).
+
+`serve` builds the settings (defaults < `--config FILE` < `MINI_OSS_*` environment < flags the
+user gave) and hands them to `node.server.run`, imported only there so the client commands never
+load the server. `put`, `get`, `stat`, `ls` and `rm` are thin shells over `node.client.Client`.
+
+Output: a short human line (or table) on stdout; with `--json` the ObjectInfo fields as one JSON
+object (`ls`: one per line) for scripts. A progress bar with rate and ETA goes to stderr only
+when stderr is a terminal and `--json` is off. Any failure is ONE line on stderr,
+`mini-oss: error: CODE REASON: message`, and exit status 1; usage errors exit 2 (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import mimetypes
+import os
+import re
+import sys
+import tomllib
+import unicodedata
+from typing import Any, Iterator, Sequence
+
+from node import config
+from node.errors import OssError
+
+PROG = "mini-oss"
+DEFAULT_ADDR = "127.0.0.1:8080"
+OBJECT_ID_MAX = 128
+_OBJECT_ID_BAD = re.compile(r"[^A-Za-z0-9._-]")
+_SIZE = re.compile(r"(\d+)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
+
+
+# --------------------------------------------------------------------------------------------
+# Pure helpers (unit-tested)
+
+
+def derive_object_id(file_name: str) -> str:
+    """A valid object_id from a file's base name: accents dropped, other characters outside
+    [A-Za-z0-9._-] turned into '_', leading dots removed, cut to 128 keeping the extension."""
+    name = os.path.basename(file_name)
+    name = "".join(c for c in unicodedata.normalize("NFKD", name) if not unicodedata.combining(c))
+    name = _OBJECT_ID_BAD.sub("_", name).lstrip(".")
+    if len(name) > OBJECT_ID_MAX:
+        stem, ext = os.path.splitext(name)
+        if ext and len(ext) <= 16 and stem:
+            name = stem[:OBJECT_ID_MAX - len(ext)] + ext
+        else:
+            name = name[:OBJECT_ID_MAX]
+    if not name:
+        raise ValueError(f"cannot make an object id from {file_name!r}: pass --object-id")
+    return name
+
+
+def parse_range(text: str) -> tuple[int, int | None]:
+    """'START-END' (END exclusive), 'START-' (to the end), '-N' (the last N bytes)
+    -> (start_offset, end_offset or None), in the API's terms."""
+    match = re.fullmatch(r"\s*(\d*)\s*-\s*(\d*)\s*", text)
+    if not match or not (match.group(1) or match.group(2)):
+        raise argparse.ArgumentTypeError(
+            f"invalid range {text!r}: use START-END (END exclusive), START- or -N")
+    first, second = match.groups()
+    if not first:
+        count = int(second)
+        if count == 0:
+            raise argparse.ArgumentTypeError("invalid range '-0': the last 0 bytes is nothing")
+        return -count, None
+    start = int(first)
+    end = int(second) if second else None
+    if end is not None and end < start:
+        raise argparse.ArgumentTypeError(f"invalid range {text!r}: END is before START")
+    return start, end
+
+
+def parse_size(text: str) -> int:
+    """'1048576', '64K', '1M', '1MiB', '2G' -> bytes (K/M/G/T are powers of 1024)."""
+    match = _SIZE.fullmatch(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: use e.g. 65536, 64K, 1M")
+    unit = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[match.group(2).lower()]
+    return int(match.group(1)) * unit
+
+
+def parse_metadata(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"invalid metadata {text!r}: use KEY=VALUE")
+    return key, value
+
+
+def info_dict(info: Any) -> dict[str, Any]:
+    """The ObjectInfo fields, defaults included, names as in the proto, int64 as numbers."""
+    from google.protobuf import json_format
+
+    return json_format.MessageToDict(info, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True,
+                                     unquote_int64_if_possible=True)
+
+
+def human_size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _time(ms: int) -> str:
+    if not ms:
+        return "-"
+    moment = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def format_error(err: BaseException, addr: str = "") -> str:
+    """One line for stderr: 'CODE REASON: message', plus a hint when one helps."""
+    if isinstance(err, OssError):
+        head = f"{err.code} {err.reason}" if err.reason else err.code
+        message = err.message
+        if not err.reason and err.code == "UNAVAILABLE" and addr:
+            message = f"cannot reach the node at {addr}: {message}"
+        line = f"{head}: {message}"
+        upload_id = err.metadata.get("upload_id")
+        if upload_id and (err.retryable or err.code == "CANCELLED"):
+            line += f" (continue with: put --upload-id {upload_id})"
+    elif isinstance(err, OSError) and err.filename is not None:
+        line = f"{err.strerror or err}: {err.filename!r}"
+    else:
+        line = str(err) or type(err).__name__
+    return " ".join(line.split())
+
+
+# --------------------------------------------------------------------------------------------
+# The parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Mini OSS object storage node and client.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    docs = {name: doc for name, _default, doc in config.documentation()}
+    serve = sub.add_parser("serve", help="run a node", description="Run a node until signalled.")
+    flags: list[tuple[str, Any, str]] = [
+        ("--listen", str, "HOST:PORT"), ("--data-dir", str, "DIR"), ("--workers", int, "N"),
+        ("--metrics-listen", str, "HOST:PORT"), ("--session-ttl", float, "SECONDS"),
+        ("--stream-idle-timeout", float, "SECONDS"), ("--grace", float, "SECONDS"),
+        ("--default-chunk-size", parse_size, "BYTES"), ("--max-chunk-size", parse_size, "BYTES"),
+        ("--max-object-size", parse_size, "BYTES"), ("--log-level", str, "LEVEL"),
+    ]
+    for flag, kind, metavar in flags:
+        name = flag[2:].replace("-", "_")
+        serve.add_argument(flag, dest=name, type=kind, metavar=metavar, default=None,
+                           help=docs.get(name, ""))
+    serve.add_argument("--config", metavar="FILE", default=None,
+                       help="TOML file of settings (keys are the setting names).")
+    serve.set_defaults(func=cmd_serve)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--addr", default=os.environ.get("MINI_OSS_ADDR", DEFAULT_ADDR),
+                        metavar="HOST:PORT", help=f"the node (default {DEFAULT_ADDR})")
+    common.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    put = sub.add_parser("put", parents=[common], help="upload a file")
+    put.add_argument("file", metavar="FILE")
+    put.add_argument("--object-id", metavar="ID",
+                     help="default: the file's base name made a valid object id")
+    put.add_argument("--content-type", metavar="TYPE",
+                     help="default: guessed from the file name")
+    put.add_argument("--chunk-size", type=parse_size, default=0, metavar="BYTES",
+                     help="advice to the node (default: the node's)")
+    put.add_argument("--if-absent", action="store_true", help="fail if the object exists")
+    put.add_argument("--if-generation-match", default="", metavar="G",
+                     help="replace only this generation")
+    put.add_argument("--metadata", "-m", type=parse_metadata, action="append", default=[],
+                     metavar="KEY=VALUE", help="user metadata (repeatable)")
+    put.add_argument("--upload-id", metavar="ID", help="continue this upload session")
+    put.set_defaults(func=cmd_put)
+
+    get = sub.add_parser("get", parents=[common], help="download an object")
+    get.add_argument("object_id", metavar="OBJECT_ID")
+    get.add_argument("-o", "--output", metavar="PATH",
+                     help="file or directory to write (default: the object's file name here; "
+                          "'-' = standard output)")
+    get.add_argument("--range", type=parse_range, metavar="START-END",
+                     help="bytes START..END-1; 'START-' to the end; '-N' the last N")
+    get.set_defaults(func=cmd_get)
+
+    stat = sub.add_parser("stat", parents=[common], help="show an object")
+    stat.add_argument("object_id", metavar="ID")
+    stat.set_defaults(func=cmd_stat)
+
+    ls = sub.add_parser("ls", parents=[common], help="list objects")
+    ls.add_argument("--prefix", default="", metavar="P")
+    ls.set_defaults(func=cmd_ls)
+
+    rm = sub.add_parser("rm", parents=[common], help="delete an object")
+    rm.add_argument("object_id", metavar="ID")
+    rm.add_argument("--if-generation-match", default="", metavar="G",
+                    help="delete only this generation")
+    rm.set_defaults(func=cmd_rm)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # usage error (2) or --help (0)
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (OssError, OSError, ValueError) as err:
+        print(f"{PROG}: error: {format_error(err, getattr(args, 'addr', ''))}", file=sys.stderr)
+        return 1
+
+
+# --------------------------------------------------------------------------------------------
+# Commands
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    names = ("listen", "data_dir", "workers", "metrics_listen", "session_ttl",
+             "stream_idle_timeout", "grace", "default_chunk_size", "max_chunk_size",
+             "max_object_size", "log_level")
+    overrides = {name: getattr(args, name) for name in names}
+    try:
+        settings = config.load(overrides, config_file=args.config)
+    except (config.SettingsError, OSError, tomllib.TOMLDecodeError) as exc:
+        print(f"{PROG}: error: {format_error(exc)}", file=sys.stderr)
+        return 2
+    from node.server import run
+
+    return run(settings)
+
+
+def _client(args: argparse.Namespace):
+    from node.client import Client
+
+    return Client(args.addr)
+
+
+@contextlib.contextmanager
+def _progress(args: argparse.Namespace, desc: str) -> Iterator[Any]:
+    """A progress(done, total) callback drawing a tqdm bar on a terminal, or None."""
+    if args.json or not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
+               file=sys.stderr, leave=False, dynamic_ncols=True)
+
+    def update(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
+def _print_info(info: Any, args: argparse.Namespace, human: str, *, stream=None) -> None:
+    stream = stream or sys.stdout
+    if args.json:
+        print(json.dumps(info_dict(info), sort_keys=True), file=stream)
+    else:
+        print(human, file=stream)
+
+
+def _file_name(path: str) -> str:
+    name = os.path.basename(os.path.abspath(path))
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes in the name (surrogate escapes)
+        name = os.fsencode(name).decode("utf-8", "replace")
+    return name
+
+
+def cmd_put(args: argparse.Namespace) -> int:
+    path = args.file
+    file_name = _file_name(path)
+    object_id = args.object_id or (None if args.upload_id else derive_object_id(file_name))
+    content_type = args.content_type
+    if content_type is None:
+        content_type = mimetypes.guess_type(file_name)[0] or ""
+    with _client(args) as client, _progress(args, object_id or args.upload_id) as progress:
+        info = client.upload(path, object_id, file_name=file_name, content_type=content_type,
+                             metadata=dict(args.metadata), if_absent=args.if_absent,
+                             if_generation_match=args.if_generation_match,
+                             chunk_size=args.chunk_size, upload_id=args.upload_id,
+                             progress=progress)
+    _print_info(info, args, f"uploaded {info.object_id} ({human_size(info.size)}, "
+                            f"generation {info.generation}, sha256 {info.sha256})")
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    start, end = args.range or (0, None)
+    output = args.output
+    with _client(args) as client:
+        generation = ""
+        if output is None or (output != "-" and os.path.isdir(output)):
+            info = client.stat(args.object_id)  # the name to write to; pins this version
+            generation = info.generation
+            output = os.path.join(output or ".", info.file_name)
+        with _progress(args, args.object_id) as progress:
+            if output == "-":
+                info = client.download(args.object_id, sys.stdout.buffer, start=start, end=end,
+                                       if_generation_match=generation, progress=progress)
+                sys.stdout.buffer.flush()
+            else:
+                info = client.download(args.object_id, output, start=start, end=end,
+                                       if_generation_match=generation, progress=progress)
+    where = "standard output" if output == "-" else output
+    _print_info(info, args, f"downloaded {info.object_id} to {where}",
+                stream=sys.stderr if output == "-" else sys.stdout)
+    return 0
+
+
+def cmd_stat(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        info = client.stat(args.object_id)
+    metadata = ", ".join(f"{k}={v}" for k, v in sorted(info.metadata.items())) or "-"
+    _print_info(info, args, "\n".join([
+        f"object_id:    {info.object_id}",
+        f"file_name:    {info.file_name}",
+        f"size:         {info.size} ({human_size(info.size)})",
+        f"sha256:       {info.sha256}",
+        f"content_type: {info.content_type or '-'}",
+        f"generation:   {info.generation}",
+        f"created:      {_time(info.created_at_unix_ms)}",
+        f"metadata:     {metadata}",
+    ]))
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        for info in client.list_objects(prefix=args.prefix):
+            _print_info(info, args, f"{info.size:>14}  {_time(info.created_at_unix_ms)}  "
+                                    f"{info.object_id}")
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        client.delete(args.object_id, if_generation_match=args.if_generation_match)
+    if args.json:
+        print(json.dumps({"object_id": args.object_id, "deleted": True}))
+    else:
+        print(f"deleted {args.object_id}")
+    return 0

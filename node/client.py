@@ -1,0 +1,738 @@
+"""The Python client library of a Mini OSS node: resumable, verified uploads and downloads.
+
+Theory of operation
+-------------------
+`Client` wraps one or more synchronous gRPC channels to a node. Several channels are opened as
+separate TCP connections (a local subchannel pool and a distinct channel argument each), because
+the node spreads *connections* over its worker processes; calls go round-robin over them.
+
+Every failed call is turned into the typed `node.errors.OssError` by `node.status`, so callers
+never see `grpc.RpcError`. What is retried follows the retry contract of API.md:
+
+* `err.retryable` (UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED, RESOURCE_EXHAUSTED with RetryInfo) is
+  retried with exponential backoff and jitter, bounded by `RetryPolicy`. DeleteObject is retried
+  only when the node itself refused it (the error carries a reason, e.g. DRAINING), so a lost
+  answer never turns a done delete into NOT_FOUND. A repeated CreateUploadSession at worst leaves
+  an empty session that expires, so it is retried like the reads.
+* Upload and download streams also resume after CANCELLED (the server or the network cut them).
+* A transport UNAVAILABLE before this client has ever reached the node (connection refused, wrong
+  address) is final at once: nobody wants a typo retried for twenty seconds.
+* The attempt and deadline limits of `RetryPolicy` count failures *without progress*: a stream
+  that moved the durable offset forward resets them, so a long transfer over a flaky link goes on
+  as long as it advances.
+
+Upload: a session is created (or continued by `upload_id`), then `Upload` streams chunks of the
+session's chunk size from `uploaded_offset`, each with its CRC-32. The SHA-256 of the whole object
+is computed in one pass by `UploadReader`, which remembers how far it has hashed: bytes sent again
+after a rewind are not hashed again, and a continued upload hashes the prefix while skipping it.
+The digest rides on the last chunk. After a resumable failure the client asks GetUploadSession and
+resends from its `uploaded_offset`; a COMMITTED session is answered by one more `Upload` call that
+returns the object. The request stream is a generator that gRPC consumes in its own thread; a lock
+and a stop flag make sure an abandoned stream never touches the source once the next one starts.
+
+Download: chunks are checked for offset order and CRC-32, the whole-object SHA-256 against
+`ObjectInfo.sha256`. A cut stream is re-issued from the next needed offset, pinned to the first
+answer's generation with `if_generation_match`, so a replaced object fails with
+GENERATION_MISMATCH instead of mixing versions. A download to a path goes to a temporary file in
+the same directory and is renamed into place only once complete and verified.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import itertools
+import os
+import random
+import tempfile
+import threading
+import time
+import zlib
+from typing import IO, Any, BinaryIO, Callable, Iterator, Mapping
+
+import grpc
+
+from node import errors
+from node.errors import OssError, TransportError
+from node.pb import oss_pb2, oss_pb2_grpc
+from node.status import from_rpc_error
+
+__all__ = ["Client", "RetryPolicy", "NO_RETRY", "UploadReader", "DownloadStream", "SourceError",
+           "ObjectInfo", "UploadSession", "NodeInfo"]
+
+KiB = 1024
+MiB = 1024 * KiB
+
+ObjectInfo = oss_pb2.ObjectInfo
+UploadSession = oss_pb2.UploadSession
+NodeInfo = oss_pb2.NodeInfo
+ACTIVE = oss_pb2.UploadSession.ACTIVE
+COMMITTED = oss_pb2.UploadSession.COMMITTED
+
+Progress = Callable[[int, int], Any]
+
+#: gRPC message limit of the client: far above any chunk a node accepts (max_chunk_size <= 64 MiB).
+MESSAGE_LIMIT = 64 * MiB + 1 * MiB
+
+#: Channel options. Keepalive pings every 30 s notice a connection that died unseen under a long
+#: stream (the node accepts pings every 5 s, with or without calls or data; a server that wants
+#: fewer answers GOAWAY "too_many_pings" and gRPC doubles the interval by itself). Pings are
+#: allowed without data frames, so a long download on a dead connection is noticed too.
+CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.max_send_message_length", MESSAGE_LIMIT),
+    ("grpc.max_receive_message_length", MESSAGE_LIMIT),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+
+#: How often the waiting thread reports upload progress.
+_POLL_SECONDS = 0.1
+
+
+class SourceError(ValueError):
+    """The upload source cannot give the bytes needed (not seekable for a rewind, or too short)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Retry policy
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """How failed calls and cut streams are retried (exponential backoff with jitter).
+
+    `max_attempts` counts tries of one operation without progress (1 = never retry);
+    `deadline` is the most seconds spent retrying without progress (None = no limit). A stream
+    whose durable offset advanced resets both.
+    """
+
+    max_attempts: int = 10
+    initial_backoff: float = 0.1
+    max_backoff: float = 5.0
+    multiplier: float = 2.0
+    deadline: float | None = 120.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        if self.initial_backoff < 0 or self.max_backoff < 0 or self.multiplier < 1:
+            raise ValueError("backoffs must be >= 0 and multiplier >= 1")
+
+    def backoff(self, retry: int, rand: float | None = None) -> float:
+        """Seconds to wait before retry number `retry` (1 = the first): half to all of the cap."""
+        cap = min(self.max_backoff, self.initial_backoff * self.multiplier ** max(0, retry - 1))
+        rand = random.random() if rand is None else rand
+        return cap * (0.5 + 0.5 * rand)
+
+
+NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+class _Retrier:
+    """Counts the failures of one operation and sleeps between them, or gives up."""
+
+    def __init__(self, policy: RetryPolicy, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep,
+                 rand: Callable[[], float] = random.random) -> None:
+        self.policy, self._clock, self._sleep, self._rand = policy, clock, sleep, rand
+        self.failures = 0
+        self.since = clock()
+
+    def progressed(self) -> None:
+        self.failures = 0
+        self.since = self._clock()
+
+    def wait(self, err: BaseException) -> None:
+        """Sleep before the next try, or raise `err` when the policy is spent."""
+        self.failures += 1
+        if self.failures >= self.policy.max_attempts:
+            raise err
+        delay = self.policy.backoff(self.failures, self._rand())
+        retry_delay = getattr(err, "retry_delay", None)
+        if retry_delay:
+            delay = max(delay, retry_delay)
+        deadline = self.policy.deadline
+        if deadline is not None and self._clock() + delay - self.since > deadline:
+            raise err
+        self._sleep(delay)
+
+
+def resumable(err: OssError) -> bool:
+    """May a cut Upload/Download stream be resumed after this error?"""
+    return err.retryable or err.code == "CANCELLED"
+
+
+# --------------------------------------------------------------------------------------------
+# One-pass hashing reader
+
+
+class UploadReader:
+    """Reads an upload source at object offsets, hashing every byte exactly once.
+
+    `fileobj` holds the object from its current position on (`size` bytes). `hashed_upto` is how
+    far the SHA-256 has got: a `seek` back below it (a resend) is not hashed again, a `seek`
+    forward past it reads and hashes the bytes in between. A source that cannot seek can only
+    go forward; a needed rewind raises `SourceError`. Not thread-safe by itself: the upload
+    holds `lock` around every seek and read.
+    """
+
+    _SKIP_BLOCK = 1 * MiB
+
+    def __init__(self, fileobj: IO[bytes], size: int, *, hash: bool = True) -> None:
+        if size < 0:
+            raise ValueError("size must be >= 0")
+        self._f = fileobj
+        self.size = size
+        self._hasher = hashlib.sha256() if hash else None
+        self.hashed_upto = 0
+        self.position = 0
+        self.lock = threading.Lock()
+        self.seekable = _is_seekable(fileobj)
+        self._base = fileobj.tell() if self.seekable else 0
+
+    @property
+    def hashing(self) -> bool:
+        return self._hasher is not None
+
+    def seek(self, offset: int) -> None:
+        """Make `offset` the next byte `read` returns (hashing any unhashed bytes before it)."""
+        if not 0 <= offset <= self.size:
+            raise ValueError(f"offset {offset} outside 0..{self.size}")
+        if self._hasher is not None and offset > self.hashed_upto:
+            self._move(self.hashed_upto)
+            while self.position < offset:
+                self.read(min(self._SKIP_BLOCK, offset - self.position))
+            return
+        self._move(offset)
+
+    def _move(self, offset: int) -> None:
+        if offset == self.position:
+            return
+        if self.seekable:
+            self._f.seek(self._base + offset)
+            self.position = offset
+            return
+        if offset < self.position:
+            raise SourceError(f"the upload must go back to byte {offset} (the node has only that "
+                              f"much), but the source is not seekable (at byte {self.position})")
+        while self.position < offset:
+            self.read(min(self._SKIP_BLOCK, offset - self.position))
+
+    def read(self, n: int) -> bytes:
+        """The next min(n, size - position) bytes; `SourceError` if the source ends sooner."""
+        n = max(0, min(n, self.size - self.position))
+        if n == 0:
+            return b""
+        data = self._f.read(n)
+        if data is None:
+            data = b""
+        if len(data) < n:
+            parts = [data]
+            got = len(data)
+            while got < n:
+                more = self._f.read(n - got)
+                if not more:
+                    raise SourceError(f"the source ended at byte {self.position + got}, "
+                                      f"but the upload declared {self.size} bytes")
+                parts.append(more)
+                got += len(more)
+            data = b"".join(parts)
+        end = self.position + n
+        if self._hasher is not None and end > self.hashed_upto:
+            # seek() guarantees position <= hashed_upto here.
+            self._hasher.update(memoryview(data)[self.hashed_upto - self.position:])
+            self.hashed_upto = end
+        self.position = end
+        return data
+
+    def hexdigest(self) -> str:
+        if self._hasher is None:
+            raise ValueError("this reader does not hash")
+        if self.hashed_upto != self.size:
+            raise ValueError(f"hashed {self.hashed_upto} of {self.size} bytes")
+        return self._hasher.hexdigest()
+
+
+def _is_seekable(f: IO[bytes]) -> bool:
+    try:
+        if not f.seekable():
+            return False
+        f.tell()
+        return True
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _remaining_size(f: IO[bytes]) -> int:
+    if not _is_seekable(f):
+        raise SourceError("the source is not seekable and its size is unknown: pass size=")
+    pos = f.tell()
+    end = f.seek(0, os.SEEK_END)
+    f.seek(pos)
+    return end - pos
+
+
+@contextlib.contextmanager
+def _open_source(source: str | os.PathLike | IO[bytes]) -> Iterator[tuple[IO[bytes], str]]:
+    if isinstance(source, (str, bytes, os.PathLike)):
+        path = os.fsdecode(source)
+        with open(path, "rb") as f:
+            yield f, os.path.basename(path)
+    else:
+        name = getattr(source, "name", "")
+        yield source, os.path.basename(name) if isinstance(name, str) else ""
+
+
+# --------------------------------------------------------------------------------------------
+# The client
+
+
+class Client:
+    """A connection (or several) to one node. Thread-safe; use as a context manager."""
+
+    def __init__(self, addr: str, *, channels: int = 1, retry: RetryPolicy | None = None,
+                 timeout: float | None = 60.0,
+                 options: tuple[tuple[str, Any], ...] = ()) -> None:
+        if channels < 1:
+            raise ValueError("channels must be >= 1")
+        self.addr = addr
+        self.retry = retry or RetryPolicy()
+        #: Deadline of each unary call in seconds (streams have none: they may run for hours).
+        self.timeout = timeout
+        self._channels: list[grpc.Channel] = []
+        for i in range(channels):
+            opts = list(CHANNEL_OPTIONS) + list(options)
+            if channels > 1:
+                # A private subchannel pool and a distinct argument: gRPC would otherwise let
+                # channels to the same target share one TCP connection (one worker).
+                opts += [("grpc.use_local_subchannel_pool", 1), ("mini_oss.channel_index", i)]
+            self._channels.append(grpc.insecure_channel(addr, options=opts))
+        self._stubs = [oss_pb2_grpc.ObjectStorageStub(c) for c in self._channels]
+        self._next = itertools.count()
+        self._lock = threading.Lock()
+        self._reached = False  # has any call ever got an answer from the node?
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
+
+    def _stub(self) -> oss_pb2_grpc.ObjectStorageStub:
+        with self._lock:
+            i = next(self._next)
+        return self._stubs[i % len(self._stubs)]
+
+    def _error(self, exc: grpc.RpcError) -> OssError:
+        err = from_rpc_error(exc)
+        if err.reason:
+            self._reached = True
+        return err
+
+    def _never_reached(self, err: OssError) -> bool:
+        return err.code == "UNAVAILABLE" and not err.reason and not self._reached
+
+    def _should_retry(self, err: OssError, idempotent: bool) -> bool:
+        if self._never_reached(err):
+            return False
+        if idempotent:
+            return err.retryable
+        return err.retryable and bool(err.reason)  # the node refused it: it did not run
+
+    def _call(self, fn: Callable[[oss_pb2_grpc.ObjectStorageStub], Any], *, idempotent: bool) -> Any:
+        retrier = _Retrier(self.retry)
+        while True:
+            try:
+                result = fn(self._stub())
+                self._reached = True
+                return result
+            except grpc.RpcError as exc:
+                err = self._error(exc)
+            if not self._should_retry(err, idempotent):
+                raise err
+            retrier.wait(err)
+
+    def _unary(self, method: str, request: Any, *, idempotent: bool = True) -> Any:
+        return self._call(lambda stub: getattr(stub, method)(request, timeout=self.timeout),
+                          idempotent=idempotent)
+
+    # -- unary calls ----------------------------------------------------------------------
+
+    def node_info(self) -> NodeInfo:
+        return self._unary("GetNodeInfo", oss_pb2.GetNodeInfoRequest())
+
+    def create_session(self, object_id: str, file_name: str, file_size: int, *,
+                       chunk_size: int = 0, sha256: str = "", content_type: str = "",
+                       metadata: Mapping[str, str] | None = None, if_absent: bool = False,
+                       if_generation_match: str = "") -> UploadSession:
+        request = oss_pb2.CreateUploadSessionRequest(
+            object_id=object_id, file_name=file_name, file_size=file_size, chunk_size=chunk_size,
+            sha256=sha256 or "", content_type=content_type or "", metadata=dict(metadata or {}),
+            if_absent=if_absent, if_generation_match=if_generation_match or "")
+        # Retried like a read: a repeat after a lost answer only leaves an empty session
+        # behind, which expires; failing a whole upload for that would be worse.
+        return self._unary("CreateUploadSession", request)
+
+    def get_session(self, upload_id: str) -> UploadSession:
+        return self._unary("GetUploadSession", oss_pb2.GetUploadSessionRequest(upload_id=upload_id))
+
+    def abort_session(self, upload_id: str) -> None:
+        self._unary("AbortUploadSession", oss_pb2.AbortUploadSessionRequest(upload_id=upload_id))
+
+    def list_sessions(self, prefix: str = "", page_size: int = 0) -> Iterator[UploadSession]:
+        token = ""
+        while True:
+            page = self._unary("ListUploadSessions", oss_pb2.ListUploadSessionsRequest(
+                object_id_prefix=prefix, page_size=page_size, page_token=token))
+            yield from page.sessions
+            token = page.next_page_token
+            if not token:
+                return
+
+    def stat(self, object_id: str) -> ObjectInfo:
+        return self._unary("StatObject", oss_pb2.StatObjectRequest(object_id=object_id))
+
+    def list_objects(self, prefix: str = "", page_size: int = 0) -> Iterator[ObjectInfo]:
+        token = ""
+        while True:
+            page = self._unary("ListObjects", oss_pb2.ListObjectsRequest(
+                prefix=prefix, page_size=page_size, page_token=token))
+            yield from page.objects
+            token = page.next_page_token
+            if not token:
+                return
+
+    def delete(self, object_id: str, if_generation_match: str = "") -> None:
+        self._unary("DeleteObject", oss_pb2.DeleteObjectRequest(
+            object_id=object_id, if_generation_match=if_generation_match or ""), idempotent=False)
+
+    # -- upload ---------------------------------------------------------------------------
+
+    def upload(self, source: str | os.PathLike | BinaryIO, object_id: str | None = None, *,
+               file_name: str | None = None, content_type: str = "",
+               metadata: Mapping[str, str] | None = None, if_absent: bool = False,
+               if_generation_match: str = "", chunk_size: int = 0, sha256: str | None = None,
+               upload_id: str | None = None, size: int | None = None,
+               progress: Progress | None = None) -> ObjectInfo:
+        """Upload `source` (a path, or a binary file object from its current position).
+
+        With `upload_id`, continue that session instead of creating one (the source must hold
+        the whole object again; its first `uploaded_offset` bytes are read only to hash them).
+        `size` is needed only for a source that cannot seek. `progress(done, total)` is called
+        from this thread; an exception it raises cancels the stream, leaves the session ACTIVE
+        (resume with `upload_id=`), and propagates. An `OssError` raised after the session was
+        made carries `metadata["upload_id"]`.
+        """
+        with _open_source(source) as (fileobj, source_name):
+            if size is None:
+                size = _remaining_size(fileobj)
+            if upload_id:
+                session = self.get_session(upload_id)
+                if object_id and object_id != session.object_id:
+                    raise ValueError(f"upload {upload_id} is for object {session.object_id!r}, "
+                                     f"not {object_id!r}")
+                if session.file_size != size:
+                    raise ValueError(f"upload {upload_id} expects {session.file_size} bytes, "
+                                     f"the source has {size}")
+            else:
+                if not object_id:
+                    raise ValueError("object_id is required (or upload_id to continue)")
+                session = self.create_session(
+                    object_id, file_name or source_name or object_id, size,
+                    chunk_size=chunk_size, sha256=sha256 or "", content_type=content_type,
+                    metadata=metadata, if_absent=if_absent,
+                    if_generation_match=if_generation_match)
+            try:
+                return self._upload_session(session, fileobj, size, sha256 or "", progress)
+            except OssError as err:
+                err.metadata.setdefault("upload_id", session.upload_id)
+                raise
+
+    def _upload_session(self, session: UploadSession, fileobj: IO[bytes], size: int,
+                        sha256: str, progress: Progress | None) -> ObjectInfo:
+        upload_id = session.upload_id
+        if session.state == COMMITTED:
+            return self._committed_object(upload_id)
+        if session.state != ACTIVE:
+            raise errors.SessionNotFound(f"upload session {upload_id} is "
+                                         f"{UploadSession.State.Name(session.state)}")
+        reader = UploadReader(fileobj, size, hash=not (sha256 or session.sha256))
+        chunk_size = session.chunk_size if session.chunk_size > 0 else 1 * MiB
+        retrier = _Retrier(self.retry)
+        offset = best = session.uploaded_offset
+        while True:
+            if progress:
+                progress(offset, size)
+            try:
+                response = self._upload_stream(upload_id, reader, offset, chunk_size, sha256,
+                                               progress)
+                self._reached = True
+                if response.HasField("object"):
+                    if progress:
+                        progress(size, size)
+                    return response.object
+                err: OssError = TransportError(
+                    "UNAVAILABLE", f"the upload stream ended at byte "
+                    f"{response.session.uploaded_offset} of {size} without committing")
+            except OssError as exc:
+                if not resumable(exc) or self._never_reached(exc):
+                    raise
+                err = exc
+            retrier.wait(err)
+            session = self.get_session(upload_id)
+            if session.state == COMMITTED:
+                return self._committed_object(upload_id)
+            if session.state != ACTIVE:
+                raise errors.SessionNotFound(
+                    f"upload session {upload_id} is {UploadSession.State.Name(session.state)} "
+                    f"after: {err.message}")
+            if session.uploaded_offset > best:
+                best = session.uploaded_offset
+                retrier.progressed()
+            offset = session.uploaded_offset
+
+    def _upload_stream(self, upload_id: str, reader: UploadReader, start: int, chunk_size: int,
+                       sha256: str, progress: Progress | None) -> oss_pb2.UploadResponse:
+        """One Upload stream from `start` to the end; raises OssError or what the source raised."""
+        size = reader.size
+        stop = threading.Event()
+        failure: list[BaseException] = []
+        sent = [start]
+
+        def requests() -> Iterator[oss_pb2.UploadChunk]:
+            offset, first = start, True
+            while True:
+                with reader.lock:
+                    if stop.is_set():
+                        return
+                    try:
+                        data = reader.read(chunk_size)
+                        message = oss_pb2.UploadChunk(offset=offset, data=data,
+                                                      crc32=zlib.crc32(data))
+                        if first:
+                            message.upload_id = upload_id
+                            if sha256:
+                                message.sha256 = sha256
+                        last = offset + len(data) >= size
+                        if last and reader.hashing:
+                            message.sha256 = reader.hexdigest()
+                    except BaseException as exc:  # ends the stream cleanly; raised below
+                        failure.append(exc)
+                        return
+                yield message
+                offset += len(data)
+                sent[0] = offset
+                first = False
+                if last:
+                    return
+
+        with reader.lock:  # here, not in the stream: hashing a long prefix takes a while
+            reader.seek(start)
+        call = self._stub().Upload.future(requests())
+        reported = -1
+        try:
+            while True:
+                try:
+                    response = call.result(timeout=_POLL_SECONDS)
+                    break
+                except grpc.FutureTimeoutError:
+                    if progress and sent[0] != reported:
+                        reported = sent[0]
+                        progress(reported, size)
+        except grpc.RpcError as exc:
+            if failure:
+                raise failure[0] from None
+            raise self._error(exc) from None
+        except BaseException:
+            call.cancel()
+            raise
+        finally:
+            stop.set()
+            with reader.lock:  # the old stream's generator is not inside a read any more
+                pass
+        if failure:
+            raise failure[0]
+        return response
+
+    def _committed_object(self, upload_id: str) -> ObjectInfo:
+        """The object a COMMITTED session wrote (Upload on it returns it: API.md)."""
+        response = self._call(lambda stub: stub.Upload(
+            iter([oss_pb2.UploadChunk(upload_id=upload_id)]), timeout=self.timeout),
+            idempotent=True)
+        return response.object
+
+    # -- download -------------------------------------------------------------------------
+
+    def iter_download(self, object_id: str, *, start: int = 0, end: int | None = None,
+                      chunk_size: int = 0, if_generation_match: str = "", verify: bool = True,
+                      progress: Progress | None = None) -> "DownloadStream":
+        """(offset, bytes) pairs of the range, in order, verified; see `DownloadStream`."""
+        return DownloadStream(self, object_id, start=start, end=end, chunk_size=chunk_size,
+                              if_generation_match=if_generation_match, verify=verify,
+                              progress=progress)
+
+    def download(self, object_id: str, dest: str | os.PathLike | BinaryIO, *, start: int = 0,
+                 end: int | None = None, chunk_size: int = 0, verify: bool = True,
+                 if_generation_match: str = "", progress: Progress | None = None) -> ObjectInfo:
+        """Write the range [start, end) of the object to `dest` (a path or a binary file).
+
+        To a path: through a temporary file in the same directory, renamed into place once
+        complete and verified; a failed download leaves nothing at the path.
+        """
+        stream = self.iter_download(object_id, start=start, end=end, chunk_size=chunk_size,
+                                    if_generation_match=if_generation_match, verify=verify,
+                                    progress=progress)
+        if not isinstance(dest, (str, bytes, os.PathLike)):
+            for _, data in stream:
+                dest.write(data)
+            assert stream.info is not None
+            return stream.info
+        path = os.fsdecode(dest)
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
+                                   suffix=".download")
+        try:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)
+            with os.fdopen(fd, "wb") as f:
+                for _, data in stream:
+                    f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        assert stream.info is not None
+        return stream.info
+
+
+class DownloadStream:
+    """Iterates (offset, bytes) of one download, resuming cut streams, verifying everything.
+
+    `info` (the ObjectInfo), `start` and `end` (the resolved absolute range) are set once the
+    first message has arrived. A whole-object download with `verify` raises `Sha256Mismatch`
+    at the end if the bytes do not hash to `info.sha256`; a bad chunk CRC or an out-of-order
+    offset raises `ChecksumMismatch` at once.
+    """
+
+    def __init__(self, client: Client, object_id: str, *, start: int, end: int | None,
+                 chunk_size: int, if_generation_match: str, verify: bool,
+                 progress: Progress | None) -> None:
+        self._client = client
+        self.object_id = object_id
+        self._req_start, self._req_end = start, end
+        self._chunk_size = chunk_size
+        self._generation = if_generation_match
+        self._verify = verify
+        self._progress = progress
+        self.info: ObjectInfo | None = None
+        self.start: int | None = None
+        self.end: int | None = None
+        self._iter = self._run()
+
+    def __iter__(self) -> "DownloadStream":
+        return self
+
+    def __next__(self) -> tuple[int, bytes]:
+        return next(self._iter)
+
+    def close(self) -> None:
+        self._iter.close()
+
+    def _first(self, info: ObjectInfo) -> None:
+        self.info = info
+        size = info.size
+        start = self._req_start if self._req_start >= 0 else max(0, size + self._req_start)
+        end = size if self._req_end is None else min(self._req_end, size)
+        self.start, self.end = start, end
+        if not self._generation:
+            self._generation = info.generation
+
+    def _request(self, next_offset: int | None) -> oss_pb2.DownloadRequest:
+        if next_offset is None:  # nothing received yet: the caller's own range
+            request = oss_pb2.DownloadRequest(object_id=self.object_id,
+                                              start_offset=self._req_start,
+                                              chunk_size=self._chunk_size,
+                                              if_generation_match=self._generation)
+            if self._req_end is not None:
+                request.end_offset = self._req_end
+            return request
+        return oss_pb2.DownloadRequest(object_id=self.object_id, start_offset=next_offset,
+                                       end_offset=self.end, chunk_size=self._chunk_size,
+                                       if_generation_match=self._generation)
+
+    def _run(self) -> Iterator[tuple[int, bytes]]:
+        client = self._client
+        retrier = _Retrier(client.retry)
+        hasher = None
+        next_offset: int | None = None
+        while True:
+            call = client._stub().Download(self._request(next_offset))
+            try:
+                for message in call:
+                    client._reached = True
+                    if self.info is None:
+                        if not message.HasField("object"):
+                            raise errors.ChecksumMismatch(
+                                "the first download message carries no ObjectInfo")
+                        self._first(message.object)
+                        next_offset = self.start
+                        if self._verify and self.start == 0 and self.end == message.object.size:
+                            hasher = hashlib.sha256()
+                        if self._progress:
+                            self._progress(0, max(0, self.end - self.start))
+                    elif message.HasField("object") and \
+                            message.object.generation != self.info.generation:
+                        raise errors.GenerationMismatch(
+                            f"object {self.object_id!r} changed during the download")
+                    data = message.data  # (each access of a bytes field makes a new object)
+                    if not data:
+                        continue
+                    if message.offset != next_offset:
+                        raise errors.ChecksumMismatch(
+                            f"download chunk at byte {message.offset}, expected {next_offset}",
+                            offset=message.offset)
+                    if zlib.crc32(data) != message.crc32:
+                        raise errors.ChecksumMismatch(
+                            f"download chunk at byte {message.offset} fails its CRC-32",
+                            offset=message.offset)
+                    if next_offset + len(data) > self.end:
+                        raise errors.ChecksumMismatch(
+                            f"download chunk at byte {message.offset} runs past {self.end}")
+                    if hasher is not None:
+                        hasher.update(data)
+                    next_offset += len(data)
+                    retrier.progressed()
+                    yield message.offset, data
+                    if self._progress:
+                        self._progress(next_offset - self.start, self.end - self.start)
+                if self.info is not None and next_offset == self.end:
+                    break
+                err: OssError = TransportError(
+                    "UNAVAILABLE", f"the download stream ended at byte {next_offset}")
+            except grpc.RpcError as exc:
+                err = client._error(exc)
+                if not resumable(err) or client._never_reached(err):
+                    raise err from None
+            finally:
+                call.cancel()
+            retrier.wait(err)
+        if hasher is not None:
+            got = hasher.hexdigest()
+            expected = self.info.sha256.lower()
+            if expected and got != expected:
+                raise errors.Sha256Mismatch(
+                    f"object {self.object_id!r} hashes to {got}, its ObjectInfo says {expected}",
+                    expected=expected, got=got)
