@@ -37,7 +37,9 @@ class Settings:
     stream_idle_timeout: float = _setting(30.0, "Seconds an Upload stream may send nothing before it is ended.", minimum=0.001)
     grace: float = _setting(30.0, "Seconds running streams get to finish when the node stops.", minimum=0)
     default_chunk_size: int = _setting(1 * MiB, "Chunk size advised to clients that ask for 0.", minimum=4 * KiB)
-    max_chunk_size: int = _setting(4 * MiB, "Largest chunk accepted on upload or sent on download.", minimum=4 * KiB)
+    # 2 MiB, not 4: a download message is the chunk plus framing and ObjectInfo, and stock gRPC
+    # clients refuse messages over 4 MiB; at 2 MiB any client can ask for the largest chunk.
+    max_chunk_size: int = _setting(2 * MiB, "Largest chunk accepted on upload or sent on download.", minimum=4 * KiB)
     max_object_size: int = _setting(1024 * GiB, "Largest file_size a session may declare.", minimum=0)
     checkpoint_bytes: int = _setting(64 * MiB, "An Upload stream makes its progress durable after this many bytes.", minimum=1)
     checkpoint_interval: float = _setting(5.0, "... or after this many seconds, whichever comes first.", minimum=0.001)

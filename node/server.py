@@ -20,9 +20,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from node.config import Settings, split_host_port
-from node.pb import oss_pb2, oss_pb2_grpc
+from node.pb import oss_pb2
 from node.metrics import LoopForwarder
-from node.service import ObjectStorageServicer
+from node.service import ObjectStorageServicer, generic_handler
 from node.store import Store
 
 log = logging.getLogger("mini_oss.server")
@@ -62,7 +62,7 @@ class Worker:
                                               worker_id=worker_id, metrics=metrics)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(options=grpc_options(settings))
-        oss_pb2_grpc.add_ObjectStorageServicer_to_server(self.servicer, self.server)
+        self.server.add_generic_rpc_handlers((generic_handler(self.servicer),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)

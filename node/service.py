@@ -24,6 +24,7 @@ from node.metrics import NullSlot
 from node.pb import oss_pb2, oss_pb2_grpc
 from node.status import to_status
 from node.store import NewSession, Store, UploadStream
+from node.wire import Malformed, UploadChunkView, decode_upload_chunk, encode_download_chunk, safe
 
 log = logging.getLogger("mini_oss.service")
 T = TypeVar("T")
@@ -77,10 +78,13 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
     async def _run(self, fn: Callable[..., T], *args) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args))
 
-    async def _guard(self, context: grpc.aio.ServicerContext, body: Callable[[], Awaitable[T]]) -> T:
+    async def _guard(self, context: grpc.aio.ServicerContext, body: Callable[[], Awaitable[T]],
+                     request: object = None) -> T:
         try:
             if self.draining:
                 raise Draining("the node is shutting down")
+            if isinstance(request, Malformed):
+                raise InvalidArgument(f"the request could not be decoded ({request.reason})")
             return await body()
         except OssError as err:
             self.metrics.error(err.code)
@@ -99,28 +103,27 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
     # -- sessions -----------------------------------------------------------------------------
 
     async def CreateUploadSession(self, request, context):
-        req = NewSession(
-            object_id=request.object_id, file_name=request.file_name, file_size=request.file_size,
-            chunk_size=request.chunk_size, sha256=request.sha256, content_type=request.content_type,
-            metadata=dict(request.metadata), if_absent=request.if_absent,
-            if_generation_match=request.if_generation_match, client=client_of(context))
-
         async def body():
+            req = NewSession(
+                object_id=request.object_id, file_name=request.file_name, file_size=request.file_size,
+                chunk_size=request.chunk_size, sha256=request.sha256, content_type=request.content_type,
+                metadata=dict(request.metadata), if_absent=request.if_absent,
+                if_generation_match=request.if_generation_match, client=client_of(context))
             rec = await self._run(self.store.create_session, req)
             self.metrics.add("sessions_created")
             return upload_session(rec)
-        return await self._guard(context, body)
+        return await self._guard(context, body, request)
 
     async def GetUploadSession(self, request, context):
         async def body():
             return upload_session(await self._run(self.store.get_session, request.upload_id))
-        return await self._guard(context, body)
+        return await self._guard(context, body, request)
 
     async def AbortUploadSession(self, request, context):
         async def body():
             await self._run(self.store.abort_session, request.upload_id)
             return oss_pb2.AbortUploadSessionResponse()
-        return await self._guard(context, body)
+        return await self._guard(context, body, request)
 
     async def ListUploadSessions(self, request, context):
         async def body():
@@ -128,7 +131,7 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
                                           request.page_size, request.page_token)
             return oss_pb2.ListUploadSessionsResponse(
                 sessions=[upload_session(r) for r in rows], next_page_token=token)
-        return await self._guard(context, body)
+        return await self._guard(context, body, request)
 
     # -- upload -------------------------------------------------------------------------------
 
@@ -137,7 +140,11 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
             msg = await asyncio.wait_for(context.read(), self.store.settings.stream_idle_timeout)
         except asyncio.TimeoutError:
             raise IdleTimeout("the stream sent nothing for the idle timeout") from None
-        return None if msg is grpc.aio.EOF else msg
+        if msg is grpc.aio.EOF:
+            return None
+        if isinstance(msg, Malformed):
+            raise InvalidArgument(f"an upload message could not be decoded ({msg.reason})")
+        return msg
 
     async def Upload(self, request_iterator, context):
         upload_id = ""
@@ -168,31 +175,58 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
                 raise
         return await self._guard(context, body_with_offset)
 
-    async def _pump(self, context, stream: UploadStream, first) -> oss_pb2.UploadResponse:
-        msg = first
+    async def _pump(self, context, stream: UploadStream, first: UploadChunkView) -> oss_pb2.UploadResponse:
+        """Receive chunk N+1 while chunk N is verified, written and hashed in the pool.
+
+        Chunks of one stream are still handled strictly in order: the next write is submitted
+        only after the previous one finished, so the hash and the offsets stay sequential.
+        """
+        msg: UploadChunkView | None = first
+        writing: asyncio.Future | None = None
         try:
             while msg is not None:
                 if msg.upload_id and msg.upload_id != stream.upload_id:
                     raise InvalidArgument("upload_id differs from the stream's first message")
-                started = time.monotonic()
-                await self._run(stream.accept, msg.offset, msg.data,
-                                msg.crc32 if msg.HasField("crc32") else None,
-                                msg.crc32c if msg.HasField("crc32c") else None, msg.sha256)
-                self.metrics.observe("chunk_write_seconds", time.monotonic() - started)
-                self.metrics.add("received_bytes", len(msg.data))
-                self.metrics.add("chunks_received")
+                if writing is not None:
+                    await writing
+                writing = self._write(stream, msg)
                 msg = await self._next_chunk(context)
+            if writing is not None:
+                await writing
             rec, obj = await self._run(stream.finish)
         except OssError as err:
+            self._forget(writing)
             await self._cleanup(stream)
             raise err.with_metadata(uploaded_offset=stream.durable_offset)
         except BaseException:
+            self._forget(writing)
             await self._cleanup(stream)
             raise
         response = oss_pb2.UploadResponse(session=upload_session(rec))
         if obj is not None:
             response.object.CopyFrom(object_info(obj))
         return response
+
+    def _write(self, stream: UploadStream, msg: UploadChunkView) -> asyncio.Future:
+        started = time.monotonic()
+        size = len(msg.data)
+        future = asyncio.ensure_future(self._run(stream.accept, msg.offset, msg.data, msg.crc32,
+                                                 msg.crc32c, msg.sha256))
+
+        def done(f: asyncio.Future) -> None:  # runs on the loop thread: the slot's one writer
+            self.metrics.add("received_bytes", size)
+            self.metrics.add("chunks_received")
+            if not f.cancelled() and f.exception() is None:
+                self.metrics.observe("chunk_write_seconds", time.monotonic() - started)
+        future.add_done_callback(done)
+        return future
+
+    @staticmethod
+    def _forget(future: asyncio.Future | None) -> None:
+        """A write still in flight when the stream fails: its outcome no longer matters (the
+        stream's lock orders the cleanup after it), but it must not be logged as unretrieved."""
+        if future is not None:
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     async def _cleanup(self, stream: UploadStream) -> None:
         """Checkpoint and release, even when the call is being cancelled."""
@@ -219,10 +253,9 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
     # -- objects ------------------------------------------------------------------------------
 
     async def Download(self, request, context):
-        end = request.end_offset if request.HasField("end_offset") else None
-
         async def body():
             started = time.monotonic()
+            end = request.end_offset if request.HasField("end_offset") else None
             reader = await self._run(self.store.open_download, request.object_id,
                                      request.start_offset, end, request.chunk_size,
                                      request.if_generation_match)
@@ -232,12 +265,12 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
             finally:
                 self._stream_ended()
                 reader.close()
-        await self._guard(context, body)
+        await self._guard(context, body, request)
 
     async def _send(self, context, reader, started: float) -> None:
-        info = object_info(reader.object)
+        info = object_info(reader.object).SerializeToString()
         if reader.start == reader.end:
-            await context.write(oss_pb2.DownloadChunk(offset=reader.start, object=info))
+            await context.write(encode_download_chunk(reader.start, b"", 0, info))
             self.metrics.observe("download_first_byte_seconds", time.monotonic() - started)
             return
         offset = reader.start
@@ -249,12 +282,9 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
                 # Read the next chunk while this one is on the wire.
                 pending = (asyncio.ensure_future(self._run(reader.read, following))
                            if following < reader.end else None)
-                msg = oss_pb2.DownloadChunk(offset=offset, data=data, crc32=crc)
                 first = info is not None
-                if first:
-                    msg.object.CopyFrom(info)
-                    info = None
-                await context.write(msg)
+                await context.write(encode_download_chunk(offset, data, crc, info or b""))
+                info = None
                 if first:
                     self.metrics.observe("download_first_byte_seconds", time.monotonic() - started)
                 self.metrics.add("sent_bytes", len(data))
@@ -267,7 +297,7 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
     async def StatObject(self, request, context):
         async def body():
             return object_info(await self._run(self.store.stat, request.object_id))
-        return await self._guard(context, body)
+        return await self._guard(context, body, request)
 
     async def ListObjects(self, request, context):
         async def body():
@@ -275,13 +305,13 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
                                           request.page_size, request.page_token)
             return oss_pb2.ListObjectsResponse(objects=[object_info(o) for o in rows],
                                                next_page_token=token)
-        return await self._guard(context, body)
+        return await self._guard(context, body, request)
 
     async def DeleteObject(self, request, context):
         async def body():
             await self._run(self.store.delete, request.object_id, request.if_generation_match)
             return oss_pb2.DeleteObjectResponse()
-        return await self._guard(context, body)
+        return await self._guard(context, body, request)
 
     async def GetNodeInfo(self, request, context):
         s = self.store.settings
@@ -293,4 +323,33 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
                 session_ttl_ms=int(s.session_ttl * 1000), checksums=list(CHECKSUMS),
                 workers=self.workers, worker_id=self.worker_id,
                 stream_idle_timeout_ms=int(s.stream_idle_timeout * 1000))
-        return await self._guard(context, body)
+        return await self._guard(context, body, request)
+
+
+def generic_handler(servicer: ObjectStorageServicer) -> grpc.GenericRpcHandler:
+    """The service's method table, built from the proto descriptor.
+
+    Instead of the generated `add_ObjectStorageServicer_to_server` we register the methods
+    ourselves so that: Upload messages are decoded by the hand codec (no protobuf object per
+    chunk); Download messages arrive already encoded; and every request decoder is wrapped by
+    `wire.safe`, so a message that does not decode is INVALID_ARGUMENT, not gRPC's INTERNAL.
+    """
+    service = oss_pb2.DESCRIPTOR.services_by_name["ObjectStorage"]
+    handlers = {}
+    for method in service.methods:
+        request_type = getattr(oss_pb2, method.input_type.name)
+        response_type = getattr(oss_pb2, method.output_type.name)
+        behaviour = getattr(servicer, method.name)
+        if method.name == "Upload":
+            handlers[method.name] = grpc.stream_unary_rpc_method_handler(
+                behaviour, request_deserializer=safe(decode_upload_chunk),
+                response_serializer=response_type.SerializeToString)
+        elif method.name == "Download":
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                behaviour, request_deserializer=safe(request_type.FromString),
+                response_serializer=bytes)
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                behaviour, request_deserializer=safe(request_type.FromString),
+                response_serializer=response_type.SerializeToString)
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)

@@ -506,7 +506,8 @@ class UploadStream:
                                     max_chunk_size=settings.max_chunk_size)
             if crc32 is not None and zlib.crc32(data) != crc32:
                 raise ChecksumMismatch("crc32 of the chunk does not match", offset=offset)
-            if crc32c is not None and google_crc32c.value(data) != crc32c:
+            # google_crc32c takes only bytes: a chunk that carries crc32c costs one copy.
+            if crc32c is not None and google_crc32c.value(bytes(data)) != crc32c:
                 raise ChecksumMismatch("crc32c of the chunk does not match", offset=offset)
             if self.replay:
                 return  # a committed session: every chunk is a duplicate
