@@ -46,6 +46,15 @@ class Settings:
     io_threads: int = _setting(4, "Threads per worker for hashing, pwrite and pread.", minimum=1)
     sweep_interval: float = _setting(60.0, "Seconds between sweeps that expire idle sessions.", minimum=0.01)
     log_level: str = _setting("INFO", "Logging level of the node's processes.")
+    max_sessions: int = _setting(100_000, "ACTIVE sessions allowed node-wide; 0 = unlimited.", minimum=0)
+    max_sessions_per_client: int = _setting(20_000, "ACTIVE sessions per client address; 0 = unlimited.", minimum=0)
+    disk_reserve: int = _setting(64 * MiB, "New sessions are refused (DISK_FULL) while free space is below this.", minimum=0)
+    rate_limit_requests: float = _setting(0.0, "Requests per second per client (token bucket); 0 = off.", minimum=0)
+    rate_limit_bytes: int = _setting(0, "Upload and download bytes per second per client; 0 = off.", minimum=0)
+    rate_limit_burst: float = _setting(2.0, "Token-bucket depth, in seconds of the rate.", minimum=0.001)
+    auth_token_file: str = _setting("", "Token file (token -> read/write/admin [prefix]); empty = no auth.")
+    tls_cert: str = _setting("", "PEM certificate chain for TLS on the gRPC port; empty = plaintext.")
+    tls_key: str = _setting("", "PEM private key for --tls-cert.")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -57,6 +66,8 @@ class Settings:
             raise SettingsError("default_chunk_size must not exceed max_chunk_size")
         if self.max_chunk_size > 64 * MiB:
             raise SettingsError("max_chunk_size must be <= 64 MiB")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise SettingsError("tls_cert and tls_key go together")
         split_host_port(self.listen)
         if self.metrics_listen:
             split_host_port(self.metrics_listen)

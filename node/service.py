@@ -51,9 +51,19 @@ def client_of(context: grpc.aio.ServicerContext) -> str:
     return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
 
 
+class NoLimits:
+    """The limiter when rate limits are off: admits every call, paces nothing."""
+
+    def admit(self, client: str) -> None:
+        return None
+
+    async def pace(self, client: str, nbytes: int) -> None:
+        return None
+
+
 class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
     def __init__(self, store: Store, pool: ThreadPoolExecutor, *, workers: int = 1,
-                 worker_id: int = 0, metrics=None) -> None:
+                 worker_id: int = 0, metrics=None, limiter=None) -> None:
         self.store = store
         self.pool = pool
         self.workers = workers
@@ -61,6 +71,9 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
         self.draining = False
         #: This worker's metrics slot; written only from the event-loop thread.
         self.metrics = metrics or NullSlot()
+        #: Per-client rate limits: `admit(client)` raises RateLimited for a call over the
+        #: request rate; `await pace(client, n)` holds a stream back to the byte rate.
+        self.limiter = limiter or NoLimits()
         self.active_streams = 0
         #: Checkpoints that cancelled streams queued; drain waits for them.
         self.cleanups: set[asyncio.Future] = set()
@@ -83,6 +96,7 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
         try:
             if self.draining:
                 raise Draining("the node is shutting down")
+            self.limiter.admit(client_of(context))
             if isinstance(request, Malformed):
                 raise InvalidArgument(f"the request could not be decoded ({request.reason})")
             return await body()
@@ -183,10 +197,12 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
         """
         msg: UploadChunkView | None = first
         writing: asyncio.Future | None = None
+        client = client_of(context)
         try:
             while msg is not None:
                 if msg.upload_id and msg.upload_id != stream.upload_id:
                     raise InvalidArgument("upload_id differs from the stream's first message")
+                await self.limiter.pace(client, len(msg.data))
                 if writing is not None:
                     await writing
                 writing = self._write(stream, msg)
@@ -274,6 +290,7 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
             self.metrics.observe("download_first_byte_seconds", time.monotonic() - started)
             return
         offset = reader.start
+        client = client_of(context)
         pending = asyncio.ensure_future(self._run(reader.read, offset))
         try:
             while offset < reader.end:
@@ -283,6 +300,7 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
                 pending = (asyncio.ensure_future(self._run(reader.read, following))
                            if following < reader.end else None)
                 first = info is not None
+                await self.limiter.pace(client, len(data))
                 await context.write(encode_download_chunk(offset, data, crc, info or b""))
                 info = None
                 if first:
@@ -322,7 +340,10 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
                 max_chunk_size=s.max_chunk_size, max_object_size=s.max_object_size,
                 session_ttl_ms=int(s.session_ttl * 1000), checksums=list(CHECKSUMS),
                 workers=self.workers, worker_id=self.worker_id,
-                stream_idle_timeout_ms=int(s.stream_idle_timeout * 1000))
+                stream_idle_timeout_ms=int(s.stream_idle_timeout * 1000),
+                max_sessions=s.max_sessions, max_sessions_per_client=s.max_sessions_per_client,
+                disk_reserve_bytes=s.disk_reserve, rate_limit_requests=s.rate_limit_requests,
+                rate_limit_bytes=s.rate_limit_bytes, auth_required=bool(s.auth_token_file))
         return await self._guard(context, body, request)
 
 
