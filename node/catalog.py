@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+from node.errors import DiskFull, TooManySessions
 from node.session_rules import State
 
 FILE_NAME = "catalog.db"
@@ -59,6 +60,7 @@ CREATE TABLE IF NOT EXISTS sessions (
 );
 CREATE INDEX IF NOT EXISTS sessions_by_state_object ON sessions (state, object_id, upload_id);
 CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions (expires_at_ms);
+CREATE INDEX IF NOT EXISTS sessions_by_client ON sessions (state, client);
 CREATE TABLE IF NOT EXISTS objects (
     object_id     TEXT PRIMARY KEY,
     generation    TEXT NOT NULL,
@@ -187,11 +189,20 @@ class Catalog:
         self._begin_immediate()
         try:
             yield self.db
+        except sqlite3.OperationalError as exc:
+            self._rollback()
+            if "full" in str(exc):
+                raise DiskFull("no space left to record the change") from exc
+            raise
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self._rollback()
             raise
         else:
             self._retry_locked(lambda: self.db.execute("COMMIT"))
+
+    def _rollback(self) -> None:
+        if self.db.in_transaction:  # SQLite may already have rolled back (e.g. on SQLITE_FULL)
+            self.db.execute("ROLLBACK")
 
     def _begin_immediate(self) -> None:
         self._retry_locked(lambda: self.db.execute("BEGIN IMMEDIATE"))
@@ -204,6 +215,8 @@ class Catalog:
             try:
                 return fn()
             except sqlite3.OperationalError as exc:
+                if "full" in str(exc):  # SQLITE_FULL: the disk, not the database, is at fault
+                    raise DiskFull("no space left to record the change") from exc
                 if "locked" not in str(exc) and "busy" not in str(exc):
                     raise
                 if time.monotonic() > deadline:
@@ -222,10 +235,24 @@ class Catalog:
 
     # -- sessions -----------------------------------------------------------------------------
 
-    def insert_session(self, rec: SessionRecord) -> None:
+    def insert_session(self, rec: SessionRecord, max_active: int = 0, max_per_client: int = 0) -> None:
+        """Insert a new ACTIVE session, unless a limit (0 = none) is reached: the count and the
+        insert share one write transaction, so workers racing for the last place cannot both win."""
         values = self._session_values(rec)
         sql = f"INSERT INTO sessions ({', '.join(_SESSION_COLUMNS)}) VALUES ({', '.join('?' * len(values))})"
         with self.write() as db:
+            if max_active:
+                active = db.execute("SELECT count(*) FROM sessions WHERE state = ?",
+                                    (int(State.ACTIVE),)).fetchone()[0]
+                if active >= max_active:
+                    raise TooManySessions("the node has as many active sessions as it allows",
+                                          max_sessions=max_active)
+            if max_per_client:
+                mine = db.execute("SELECT count(*) FROM sessions WHERE state = ? AND client = ?",
+                                  (int(State.ACTIVE), rec.client)).fetchone()[0]
+                if mine >= max_per_client:
+                    raise TooManySessions("this client has as many active sessions as it may",
+                                          max_sessions_per_client=max_per_client)
             db.execute(sql, values)
 
     @staticmethod

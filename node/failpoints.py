@@ -9,6 +9,10 @@ Actions: `error` raises FailpointError; `crash` is kill -9 of the process itself
 no flush: a real crash); `sleep:S` sleeps S seconds; `crash-after:N` / `error-after:N` act on
 the Nth hit only. When the variable is unset, `hit` is one dictionary truth test.
 
+With `MINI_OSS_FAILPOINTS_ONCE=DIR`, each point acts at most once across every process that
+shares DIR (a marker file is created there first): a crash that a restarted worker would
+otherwise repeat forever happens once, as a real one would.
+
 Points: worker_boot (before a worker serves), chunk_written (after a chunk's pwrite),
 checkpoint_synced (after fdatasync, before the catalog write), commit_renamed (part moved into
 objects/, before the catalog transaction), commit_published (index swapped, before the
@@ -41,6 +45,7 @@ def _parse(text: str) -> dict[str, tuple[str, float]]:
 
 
 _points = _parse(os.environ.get(ENV, ""))
+_once_dir = os.environ.get(ENV + "_ONCE", "")
 _hits: dict[str, int] = {}
 _lock = threading.Lock()
 
@@ -51,9 +56,20 @@ def hit(name: str) -> None:
     kind, arg = _points[name]
     with _lock:
         _hits[name] = count = _hits.get(name, 0) + 1
+    acts = kind in ("sleep", "error", "crash") or count == int(arg)
+    if acts and _once_dir and not _first_time(name):
+        return
     if kind == "sleep":
         time.sleep(arg)
     elif kind == "error" or (kind == "error-after" and count == int(arg)):
         raise FailpointError(f"failpoint {name}")
     elif kind == "crash" or (kind == "crash-after" and count == int(arg)):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _first_time(name: str) -> bool:
+    try:
+        os.close(os.open(os.path.join(_once_dir, name), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True

@@ -133,7 +133,6 @@ class Storage:
                 raise DiskFull("no space left to start an upload") from exc
             raise
         os.close(fd)
-        self.fsync_dir(self.layout.parts)
 
     def claim(self, path: str) -> PartClaim | None:
         """Open and lock the file at `path`; None if it does not exist; SessionBusy if held."""

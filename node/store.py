@@ -37,7 +37,7 @@ from node import failpoints, names, ranges
 from node.catalog import Catalog, CatalogPool, ObjectRecord, SessionRecord
 from node.config import Settings
 from node.metrics import NullSlot
-from node.errors import (ChecksumMismatch, ChunkTooLarge, GenerationMismatch, InvalidArgument,
+from node.errors import (ChecksumMismatch, ChunkTooLarge, DiskFull, GenerationMismatch, InvalidArgument,
                          InvalidPageToken, ObjectExists, ObjectNotFound, OssError,
                          SessionNotFound, Sha256Mismatch, TooLarge)
 from node.session_rules import (State, advise_chunk_size, is_complete, merge_expected_sha256,
@@ -148,6 +148,10 @@ class Store:
                                        self.settings.max_chunk_size)
         sha256 = normalize_sha256(req.sha256)
         check_preconditions(self.catalog.get_object(object_id), req.if_absent, req.if_generation_match)
+        free = self.storage.free_bytes()
+        if free < self.settings.disk_reserve:
+            raise DiskFull("free space is below the node's reserve: no new uploads for now",
+                           free_bytes=free, disk_reserve=self.settings.disk_reserve)
         now = self.now_ms()
         rec = SessionRecord(
             upload_id=names.new_upload_id(), object_id=object_id, file_name=file_name,
@@ -157,7 +161,7 @@ class Store:
             client=req.client, created_at_ms=now, updated_at_ms=now, expires_at_ms=now + self.ttl_ms)
         self.storage.create_part(self._part_name(rec))
         try:
-            self.catalog.insert_session(rec)
+            self.catalog.insert_session(rec, self.settings.max_sessions, self.settings.max_sessions_per_client)
         except BaseException:
             self.storage.remove_part(self._part_name(rec))
             raise
@@ -292,8 +296,9 @@ class Store:
             fresh = self.catalog.get_session(rec.upload_id)
             if fresh is not None and fresh.state is State.ACTIVE:
                 log.warning("session %s: moving an unfinished commit back to parts/", rec.upload_id)
-                self.storage.demote(disk_name, self._part_name(rec))
+                # Index first: it may already point at this file, which is about to move.
                 self._repair_index(rec.object_id)
+                self.storage.demote(disk_name, self._part_name(rec))
         finally:
             promoted.release()
 
@@ -577,6 +582,10 @@ class UploadStream:
     def _checkpoint(self) -> None:
         assert self.claim is not None
         self.claim.sync()
+        if self.durable_offset == 0:
+            # The part's directory entry becomes durable with its first bytes, not at create:
+            # abandoned sessions and single-stream objects never pay for it.
+            self.store.storage.fsync_dir(self.store.storage.layout.parts)
         failpoints.hit("checkpoint_synced")
         now = self.store.now_ms()
         expires = now + self.store.ttl_ms
@@ -629,9 +638,9 @@ class UploadStream:
             raise
         except BaseException:
             # The transaction rolled back: put the bytes back where a resume expects them.
+            store._repair_index(rec.object_id)
             store.storage.demote(disk_name, store._part_name(rec))
             self.claim.path = store.storage.layout.part(store._part_name(rec))
-            store._repair_index(rec.object_id)
             raise
         store.storage.fsync_dir(store.storage.layout.index)
         if replaced is not None and replaced.disk_name != disk_name:
