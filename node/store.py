@@ -644,6 +644,7 @@ class UploadStream:
             raise
         store.storage.fsync_dir(store.storage.layout.index)
         if replaced is not None and replaced.disk_name != disk_name:
+            # Freed at once (API.md). A reader that already opened it keeps reading it.
             store.storage.remove_object(replaced.disk_name)
         self.committed = obj
         self.durable_offset = self.offset
