@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import queue
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import grpc
 import pytest
 
 from node.client import Client
-from node.errors import DiskFull, TooManySessions
+from node.errors import DiskFull
 from node.pb import oss_pb2 as pb
 from node.status import from_rpc_error
 

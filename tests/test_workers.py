@@ -9,11 +9,9 @@ from __future__ import annotations
 import hashlib
 import os
 import queue
-import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 import zlib
