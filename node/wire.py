@@ -46,7 +46,8 @@ class UploadChunkView:
     crc32c: int | None = None
 
 
-def _varint(buf, pos: int, end: int) -> tuple[int, int]:
+def read_varint(buf, pos: int, end: int) -> tuple[int, int]:
+    """(value, next position) of the varint at `pos`; WireError if truncated or overlong."""
     result = shift = 0
     while True:
         if pos >= end or shift >= 70:
@@ -72,13 +73,13 @@ def _text(view: memoryview) -> str:
 
 def _skip(buf, wire_type: int, pos: int, end: int) -> int:
     if wire_type == _VARINT:
-        return _varint(buf, pos, end)[1]
+        return read_varint(buf, pos, end)[1]
     if wire_type == _I64:
         pos += 8
     elif wire_type == _I32:
         pos += 4
     elif wire_type == _LEN:
-        length, pos = _varint(buf, pos, end)
+        length, pos = read_varint(buf, pos, end)
         pos += length
     else:
         raise WireError(f"unsupported wire type {wire_type}")
@@ -92,12 +93,12 @@ def decode_upload_chunk(message: bytes) -> UploadChunkView:
     chunk = UploadChunkView()
     pos, end = 0, len(view)
     while pos < end:
-        key, pos = _varint(view, pos, end)
+        key, pos = read_varint(view, pos, end)
         field, wire_type = key >> 3, key & 7
         if field == 0 or key > 0xFFFFFFFF:
             raise WireError("field number out of range")
         if field in (1, 3, 5) and wire_type == _LEN:
-            length, pos = _varint(view, pos, end)
+            length, pos = read_varint(view, pos, end)
             if pos + length > end:
                 raise WireError("truncated length-delimited field")
             value = view[pos:pos + length]
@@ -109,7 +110,7 @@ def decode_upload_chunk(message: bytes) -> UploadChunkView:
             else:
                 chunk.sha256 = _text(value)
         elif field in (2, 4, 6) and wire_type == _VARINT:
-            value, pos = _varint(view, pos, end)
+            value, pos = read_varint(view, pos, end)
             if field == 2:
                 chunk.offset = _int64(value)
             elif field == 4:
@@ -121,6 +122,13 @@ def decode_upload_chunk(message: bytes) -> UploadChunkView:
         else:
             pos = _skip(view, wire_type, pos, end)
     return chunk
+
+
+def varint(value: int) -> bytes:
+    """Protobuf base-128 varint; a negative int64 takes ten bytes (two's complement)."""
+    out = bytearray()
+    _put_varint(out, value)
+    return bytes(out)
 
 
 def _put_varint(out: bytearray, value: int) -> None:

@@ -1,0 +1,72 @@
+"""Smoke test of the bench harness (tools/bench): upload, download and the bare ceiling, end to end.
+
+Tiny sizes for a few seconds: it checks that the tools run against a real node (and the bare
+server), produce every JSON field the README documents, and see no errors. Measuring is for
+tools/bench/RESULTS.md, not for tests.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tools.bench.targets import spawn_bare
+
+COMMON = ["--concurrency", "4", "--file_size", "1MiB", "--chunk-size", "256KiB", "--processes", "2",
+          "--channels", "4"]
+FIELDS = {"mode", "target", "config", "machine", "seconds", "bytes", "objects", "mb_per_s",
+          "mib_per_s", "objects_per_s", "latency_s", "first_byte_s", "errors", "client", "node",
+          "landing"}
+
+
+def run_bench(module: str, addr: str, tmp_path, *extra: str) -> dict:
+    out = tmp_path / f"{module}.json"
+    proc = subprocess.run([sys.executable, "-m", f"tools.bench.{module}", "--addr", addr, *COMMON,
+                           *extra, "--json", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "shares this machine's" in proc.stdout  # the 2-core caveat is in the header
+    report = json.loads(out.read_text())
+    assert FIELDS <= set(report)
+    assert report["errors"] == {}
+    return report
+
+
+def check_common(report: dict, objects: int, size: int) -> None:
+    assert report["objects"] == objects and report["bytes"] == objects * size
+    assert report["mb_per_s"] > 0 and report["latency_s"]["p50"] is not None
+    assert report["landing"]["streams"] == 4 and report["landing"]["connections"] == 4
+    assert report["client"]["cpu_seconds"] >= 0 and report["client"]["cpu_seconds_per_gb"] is not None
+
+
+@pytest.mark.timeout(90)
+def test_upload_and_download_against_a_node(node_factory, tmp_path):
+    node = node_factory(workers=2)
+    up = run_bench("upload_bench", node.addr, tmp_path, "--count", "2", "--sha256")
+    check_common(up, 8, 1 << 20)
+    assert up["target"]["kind"] == "node" and up["deleted"] == 8
+    # The node was found by its listening port: both workers, with CPU and RSS.
+    assert len(up["node"]["workers"]) == 2
+    assert all(w["rss_peak_bytes"] > 0 for w in up["node"]["workers"])
+
+    down = run_bench("download_bench", node.addr, tmp_path, "--count", "2", "--objects", "3")
+    check_common(down, 8, 1 << 20)
+    assert down["config"]["verify"] is True and down["first_byte_s"]["p50"] is not None
+    assert sum(down["landing"]["streams_per_worker"].values()) == 4
+
+    small = run_bench("upload_bench", node.addr, tmp_path, "--small", "--file_size", "16KiB",
+                      "--duration", "1")
+    assert small["durable_commits_per_s"] > 0 and small["objects"] > 0
+
+
+@pytest.mark.timeout(60)
+def test_download_and_upload_against_the_bare_server(tmp_path):
+    with spawn_bare(workers=2, object_size=1 << 20, chunk_size=256 << 10, log_dir=str(tmp_path)) as bare:
+        down = run_bench("download_bench", bare.addr, tmp_path, "--count", "2", "--object_id", "x")
+        check_common(down, 8, 1 << 20)
+        assert down["target"]["kind"] == "bare"
+        assert len(down["node"]["workers"]) == 2  # found by the port it listens on
+        up = run_bench("upload_bench", bare.addr, tmp_path, "--count", "1")
+        check_common(up, 4, 1 << 20)
