@@ -4,6 +4,10 @@
 user gave) and hands them to `node.server.run`, imported only there so the client commands never
 load the server. `put`, `get`, `stat`, `ls` and `rm` are thin shells over `node.client.Client`.
 
+Client commands take `--token` (or `--token-file`, `$MINI_OSS_TOKEN`, `$MINI_OSS_TOKEN_FILE`:
+these keep the token out of the process list) and `--tls`, `--tls-ca`, `--tls-server-name`.
+No message ever prints a token.
+
 Output: a short human line (or table) on stdout; with `--json` the ObjectInfo fields as one JSON
 object (`ls`: one per line) for scripts. A progress bar with rate and ETA goes to stderr only
 when stderr is a terminal and `--json` is off. Any failure is ONE line on stderr,
@@ -150,6 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("--stream-idle-timeout", float, "SECONDS"), ("--grace", float, "SECONDS"),
         ("--default-chunk-size", parse_size, "BYTES"), ("--max-chunk-size", parse_size, "BYTES"),
         ("--max-object-size", parse_size, "BYTES"), ("--log-level", str, "LEVEL"),
+        ("--max-sessions", int, "N"), ("--max-sessions-per-client", int, "N"),
+        ("--disk-reserve", parse_size, "BYTES"), ("--rate-limit-requests", float, "PER_SECOND"),
+        ("--rate-limit-bytes", parse_size, "BYTES_PER_SECOND"),
+        ("--rate-limit-burst", float, "SECONDS"), ("--auth-token-file", str, "FILE"),
+        ("--tls-cert", str, "PEM_FILE"), ("--tls-key", str, "PEM_FILE"),
     ]
     for flag, kind, metavar in flags:
         name = flag[2:].replace("-", "_")
@@ -163,6 +172,20 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--addr", default=os.environ.get("MINI_OSS_ADDR", DEFAULT_ADDR),
                         metavar="HOST:PORT", help=f"the node (default {DEFAULT_ADDR})")
     common.add_argument("--json", action="store_true", help="print JSON for scripts")
+    secret = common.add_mutually_exclusive_group()
+    secret.add_argument("--token", metavar="TOKEN",
+                        help="bearer token for a node that requires one; visible to other "
+                             "users in the process list, so prefer --token-file or the "
+                             "MINI_OSS_TOKEN environment variable")
+    secret.add_argument("--token-file", metavar="PATH",
+                        help="read the token from this file (default: $MINI_OSS_TOKEN_FILE)")
+    common.add_argument("--tls", action="store_true",
+                        help="connect with TLS, trusting the system's root certificates")
+    common.add_argument("--tls-ca", metavar="PATH",
+                        help="connect with TLS, trusting only the PEM certificates in PATH")
+    common.add_argument("--tls-server-name", metavar="NAME",
+                        help="the name the node's certificate must carry (default: the host "
+                             "of --addr); implies --tls")
 
     put = sub.add_parser("put", parents=[common], help="upload a file")
     put.add_argument("file", metavar="FILE")
@@ -232,7 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     names = ("listen", "data_dir", "workers", "metrics_listen", "session_ttl",
              "stream_idle_timeout", "grace", "default_chunk_size", "max_chunk_size",
-             "max_object_size", "log_level")
+             "max_object_size", "log_level", "max_sessions", "max_sessions_per_client",
+             "disk_reserve", "rate_limit_requests", "rate_limit_bytes", "rate_limit_burst",
+             "auth_token_file", "tls_cert", "tls_key")
     overrides = {name: getattr(args, name) for name in names}
     try:
         settings = config.load(overrides, config_file=args.config)
@@ -244,10 +269,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return run(settings)
 
 
+def read_token(args: argparse.Namespace, environ=os.environ) -> str | None:
+    """The token: --token, else --token-file, else $MINI_OSS_TOKEN, else $MINI_OSS_TOKEN_FILE.
+
+    A token file holds the token alone (surrounding white space is ignored). Errors name the
+    file, never its content."""
+    if args.token is not None:
+        return args.token
+    path = args.token_file or None
+    if path is None:
+        token = environ.get("MINI_OSS_TOKEN")
+        if token:
+            return token
+        path = environ.get("MINI_OSS_TOKEN_FILE") or None
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        data = f.read(64 * 1024)
+    try:
+        token = data.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"token file {path!r} holds characters a token cannot have") from None
+    if not token or len(token.split()) != 1:
+        raise ValueError(f"token file {path!r} must hold one token and nothing else")
+    return token
+
+
 def _client(args: argparse.Namespace):
     from node.client import Client
 
-    return Client(args.addr)
+    return Client(args.addr, token=read_token(args), tls=args.tls, tls_ca=args.tls_ca,
+                  tls_server_name=args.tls_server_name)
 
 
 @contextlib.contextmanager

@@ -21,6 +21,12 @@ never see `grpc.RpcError`. What is retried follows the retry contract of API.md:
   that moved the durable offset forward resets them, so a long transfer over a flaky link goes on
   as long as it advances.
 
+Security: `token=` is sent as `authorization: Bearer <token>` on every call: inside the
+channel's call credentials over TLS (`tls=True` with the system's roots, or `tls_ca=` with
+your own; `tls_server_name=` overrides the name checked in the node's certificate), as plain
+call metadata over a plaintext channel. RESOURCE_EXHAUSTED/RATE_LIMITED carries a RetryInfo;
+the retrier waits at least that long before the next try.
+
 Upload: a session is created (or continued by `upload_id`), then `Upload` streams chunks of the
 session's chunk size from `uploaded_offset`, each with its CRC-32. The SHA-256 of the whole object
 is computed in one pass by `UploadReader`, which remembers how far it has hashed: bytes sent again
@@ -287,6 +293,61 @@ def _open_source(source: str | os.PathLike | IO[bytes]) -> Iterator[tuple[IO[byt
 
 
 # --------------------------------------------------------------------------------------------
+# Credentials
+
+
+class _BearerToken(grpc.AuthMetadataPlugin):
+    """Adds the token to every call of a TLS channel (gRPC sends call credentials only over
+    a secure channel, never in plaintext)."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._metadata = metadata
+
+    def __call__(self, context: grpc.AuthMetadataContext,
+                 callback: grpc.AuthMetadataPluginCallback) -> None:
+        callback(self._metadata, None)
+
+    def __repr__(self) -> str:
+        return "_BearerToken(<hidden>)"
+
+
+def check_token(token: str) -> str:
+    """The token with surrounding white space removed; ValueError (never naming the token) if
+    it cannot travel in a header."""
+    token = token.strip()
+    if not token:
+        raise ValueError("the token is empty")
+    if not all(32 < ord(c) < 127 for c in token):
+        raise ValueError("the token may only hold printable ASCII characters, no spaces")
+    return token
+
+
+def _credentials(token: str | None, tls: bool, tls_ca: str | os.PathLike | bytes | None
+                 ) -> tuple[grpc.ChannelCredentials | None, tuple[tuple[str, str], ...] | None]:
+    """(channel credentials or None for plaintext, metadata to send with each call or None).
+
+    With TLS the token rides in call credentials composed into the channel's; in plaintext
+    (a node on the same host, or behind a TLS-terminating proxy) it is plain call metadata.
+    """
+    metadata = None
+    if token is not None:
+        metadata = (("authorization", f"Bearer {check_token(token)}"),)
+    if not tls:
+        return None, metadata
+    roots = None
+    if isinstance(tls_ca, bytes):
+        roots = tls_ca
+    elif tls_ca is not None:
+        with open(tls_ca, "rb") as f:
+            roots = f.read()
+    credentials = grpc.ssl_channel_credentials(root_certificates=roots)
+    if metadata is not None:
+        credentials = grpc.composite_channel_credentials(
+            credentials, grpc.metadata_call_credentials(_BearerToken(metadata), name="bearer"))
+    return credentials, None
+
+
+# --------------------------------------------------------------------------------------------
 # The client
 
 
@@ -295,10 +356,22 @@ class Client:
 
     def __init__(self, addr: str, *, channels: int = 1, retry: RetryPolicy | None = None,
                  timeout: float | None = 60.0,
-                 options: tuple[tuple[str, Any], ...] = ()) -> None:
+                 options: tuple[tuple[str, Any], ...] = (), token: str | None = None,
+                 tls: bool = False, tls_ca: str | os.PathLike | bytes | None = None,
+                 tls_server_name: str | None = None) -> None:
+        """`token`: sent as `authorization: Bearer <token>` on every call. `tls`: connect with
+        TLS, trusting the system's roots, or only the PEM certificates of `tls_ca` (a path, or
+        the PEM bytes; giving it implies TLS); `tls_server_name`: the name to expect in the
+        node's certificate instead of the host of `addr` (implies TLS)."""
         if channels < 1:
             raise ValueError("channels must be >= 1")
         self.addr = addr
+        self.tls = bool(tls or tls_ca is not None or tls_server_name)
+        credentials, metadata = _credentials(token, self.tls, tls_ca)
+        #: Keyword arguments of every call: the token's metadata on a plaintext channel.
+        self._call_kw: dict[str, Any] = {"metadata": metadata} if metadata else {}
+        if tls_server_name:
+            options = tuple(options) + (("grpc.ssl_target_name_override", tls_server_name),)
         self.retry = retry or RetryPolicy()
         #: Deadline of each unary call in seconds (streams have none: they may run for hours).
         self.timeout = timeout
@@ -309,7 +382,10 @@ class Client:
                 # A private subchannel pool and a distinct argument: gRPC would otherwise let
                 # channels to the same target share one TCP connection (one worker).
                 opts += [("grpc.use_local_subchannel_pool", 1), ("mini_oss.channel_index", i)]
-            self._channels.append(grpc.insecure_channel(addr, options=opts))
+            if credentials is not None:
+                self._channels.append(grpc.secure_channel(addr, credentials, options=opts))
+            else:
+                self._channels.append(grpc.insecure_channel(addr, options=opts))
         self._stubs = [oss_pb2_grpc.ObjectStorageStub(c) for c in self._channels]
         self._next = itertools.count()
         self._lock = threading.Lock()
@@ -362,8 +438,8 @@ class Client:
             retrier.wait(err)
 
     def _unary(self, method: str, request: Any, *, idempotent: bool = True) -> Any:
-        return self._call(lambda stub: getattr(stub, method)(request, timeout=self.timeout),
-                          idempotent=idempotent)
+        return self._call(lambda stub: getattr(stub, method)(
+            request, timeout=self.timeout, **self._call_kw), idempotent=idempotent)
 
     # -- unary calls ----------------------------------------------------------------------
 
@@ -537,7 +613,7 @@ class Client:
 
         with reader.lock:  # here, not in the stream: hashing a long prefix takes a while
             reader.seek(start)
-        call = self._stub().Upload.future(requests())
+        call = self._stub().Upload.future(requests(), **self._call_kw)
         reported = -1
         try:
             while True:
@@ -566,7 +642,8 @@ class Client:
     def _committed_object(self, upload_id: str) -> ObjectInfo:
         """The object a COMMITTED session wrote (Upload on it returns it: API.md)."""
         response = self._call(lambda stub: stub.Upload(
-            iter([oss_pb2.UploadChunk(upload_id=upload_id)]), timeout=self.timeout),
+            iter([oss_pb2.UploadChunk(upload_id=upload_id)]), timeout=self.timeout,
+            **self._call_kw),
             idempotent=True)
         return response.object
 
@@ -679,7 +756,7 @@ class DownloadStream:
         hasher = None
         next_offset: int | None = None
         while True:
-            call = client._stub().Download(self._request(next_offset))
+            call = client._stub().Download(self._request(next_offset), **client._call_kw)
             try:
                 for message in call:
                     client._reached = True
