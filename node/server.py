@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import ssl
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
@@ -19,9 +21,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from node.auth import AuthInterceptor, load_token_file
 from node.config import Settings, split_host_port
 from node.pb import oss_pb2
 from node.metrics import LoopForwarder
+from node.ratelimit import RateLimiter
 from node.service import ObjectStorageServicer, generic_handler
 from node.store import Store
 
@@ -41,6 +45,11 @@ def grpc_options(settings: Settings) -> list[tuple[str, object]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.http2.max_pings_without_data", 0),
+        # No bandwidth-delay probing: it grows each connection's receive window whenever the
+        # node reads slower than clients send (the disk is slower than loopback), and at 100
+        # streams that buffered 7-9 GB per worker (tools/bench/RESULTS.md). With the default
+        # window, flow control pushes back on the clients instead and memory stays flat.
+        ("grpc.http2.bdp_probe", 0),
     ]
 
 
@@ -49,19 +58,70 @@ def setup_logging(level: str) -> None:
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
 
 
+class TlsConfigError(ValueError):
+    """The TLS certificate or key cannot be used; the message names the file."""
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials from `tls_cert`/`tls_key`, checked now (gRPC itself would only fail at
+    the first handshake): both readable, PEM, and the key belonging to the certificate."""
+    if not settings.tls_cert:
+        return None
+    pems = []
+    for what, path in (("certificate", settings.tls_cert), ("key", settings.tls_key)):
+        try:
+            with open(path, "rb") as f:
+                pems.append(f.read())
+        except OSError as exc:
+            raise TlsConfigError(f"cannot read TLS {what} {path!r}: {exc.strerror or exc}") from None
+    cert, key = pems
+
+    def encrypted() -> bytes:  # called only for a passphrase-protected key: never prompt
+        raise TlsConfigError(f"TLS key {settings.tls_key!r} is encrypted: give an unencrypted key")
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key, password=encrypted)
+    except TlsConfigError:
+        raise
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        # (ssl's message names at most a file and an OpenSSL reason, never the content)
+        raise TlsConfigError(f"TLS certificate {settings.tls_cert!r} and key {settings.tls_key!r} "
+                             f"cannot be used together: {getattr(exc, 'reason', None) or exc}") from None
+    if os.stat(settings.tls_key).st_mode & 0o077:
+        log.warning("TLS key %r is readable or writable by other users: chmod 600 it",
+                    settings.tls_key)
+    return grpc.ssl_server_credentials([(key, cert)])
+
+
 class Worker:
     """A running gRPC server and what it needs to drain."""
 
     def __init__(self, settings: Settings, *, worker_id: int = 0, workers: int = 1,
                  metrics=None) -> None:
         self.settings = settings
+        # Security first: a token file or certificate that cannot be used stops the boot,
+        # with a reason naming the file (never a token), before anything else is built.
+        self.credentials = server_credentials(settings)
+        table = load_token_file(settings.auth_token_file) if settings.auth_token_file else None
         self.pool = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="oss-io")
         events = LoopForwarder(asyncio.get_running_loop(), metrics) if metrics is not None else None
         self.store = Store(settings, events=events)
+        limiter = None
+        if settings.rate_limit_requests > 0 or settings.rate_limit_bytes > 0:
+            limiter = RateLimiter(settings)
         self.servicer = ObjectStorageServicer(self.store, self.pool, workers=workers,
-                                              worker_id=worker_id, metrics=metrics)
+                                              worker_id=worker_id, metrics=metrics,
+                                              limiter=limiter)
+        interceptors = []
+        if table is not None:
+            log.info("auth: %d tokens from %r (%s)", len(table), settings.auth_token_file,
+                     table.summary())
+            interceptors.append(AuthInterceptor(table, limiter=limiter,
+                                                on_error=self.servicer.metrics.error))
         self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server(options=grpc_options(settings))
+        self.server = grpc.aio.server(options=grpc_options(settings),
+                                      interceptors=interceptors or None)
         self.server.add_generic_rpc_handlers((generic_handler(self.servicer),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -72,7 +132,10 @@ class Worker:
     async def start(self) -> int:
         host, port = split_host_port(self.settings.listen)
         bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.port = self.server.add_insecure_port(bind)
+        if self.credentials is not None:
+            self.port = self.server.add_secure_port(bind, self.credentials)
+        else:
+            self.port = self.server.add_insecure_port(bind)
         if not self.port:
             raise OSError(f"could not bind {self.settings.listen}")
         await self.server.start()
@@ -82,6 +145,8 @@ class Worker:
         return self.port
 
     async def _sweep_forever(self) -> None:
+        """Expire idle sessions every sweep interval (at most half the TTL, so a session is
+        freed soon after it expires); the sweep lock makes one worker at a time do it."""
         s = self.settings
         interval = min(s.sweep_interval, max(s.session_ttl / 2, 0.05))
         loop = asyncio.get_running_loop()

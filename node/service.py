@@ -70,10 +70,10 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
         self.worker_id = worker_id
         self.draining = False
         #: This worker's metrics slot; written only from the event-loop thread.
-        self.metrics = metrics or NullSlot()
+        self.metrics = metrics if metrics is not None else NullSlot()
         #: Per-client rate limits: `admit(client)` raises RateLimited for a call over the
         #: request rate; `await pace(client, n)` holds a stream back to the byte rate.
-        self.limiter = limiter or NoLimits()
+        self.limiter = limiter if limiter is not None else NoLimits()
         self.active_streams = 0
         #: Checkpoints that cancelled streams queued; drain waits for them.
         self.cleanups: set[asyncio.Future] = set()

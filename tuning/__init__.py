@@ -1,0 +1,1 @@
+"""Settings profiles, the sweep that compares them, and profiling notes."""
