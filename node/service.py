@@ -23,7 +23,8 @@ from node.errors import Draining, IdleTimeout, InvalidArgument, OssError
 from node.metrics import NullSlot
 from node.pb import oss_pb2, oss_pb2_grpc
 from node.status import to_status
-from node.store import NewSession, Store, UploadStream
+from node.store import NewSession, Store
+from node.streams import UploadStream
 from node.wire import Malformed, UploadChunkView, decode_upload_chunk, encode_download_chunk, safe
 
 log = logging.getLogger("mini_oss.service")

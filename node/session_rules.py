@@ -24,7 +24,9 @@ from typing import Mapping
 
 from node.errors import (
     ChunkTooLarge,
+    GenerationMismatch,
     InvalidArgument,
+    ObjectExists,
     OffsetMismatch,
     OssError,
     PastEnd,
@@ -220,3 +222,14 @@ def expires_at_ms(state: State, last_activity_ms: int, ttl_ms: int) -> int:
 def is_expired(expires_at_ms: int, now_ms: int) -> bool:
     """True once `now_ms` is past `expires_at_ms` (the instant itself still counts as alive)."""
     return now_ms > expires_at_ms
+
+
+def check_preconditions(current_generation: str | None, if_absent: bool,
+                        if_generation_match: str) -> None:
+    """A commit's (or a create's) preconditions against the object's current generation (None:
+    no such object). API.md: both may be set, and both must hold."""
+    if if_absent and current_generation is not None:
+        raise ObjectExists("the object already exists", generation=current_generation)
+    if if_generation_match and current_generation != if_generation_match:
+        raise GenerationMismatch("the object's current generation does not match",
+                                 current_generation=current_generation or "")

@@ -35,7 +35,7 @@ def worker_stats(supervisor: psutil.Process) -> dict[int, tuple[int, int]]:
     stats = {}
     for child in supervisor.children():
         try:
-            if child.connections(kind="tcp"):  # workers listen; the resource tracker does not
+            if child.net_connections(kind="tcp"):  # workers listen; the resource tracker does not
                 stats[child.pid] = (child.memory_info().rss, child.num_fds())
         except psutil.Error:
             continue

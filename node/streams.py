@@ -1,0 +1,294 @@
+"""One stream's hold on the data: an upload's claim, hash and offsets; a download's open file.
+
+`UploadStream` is what an Upload RPC holds between its first message and its end: the
+exclusive claim on the session's part file, the running SHA-256, the verified offset and the
+durable one. Per chunk it does only what DESIGN.md allows: check the size and CRCs, ask the
+session rules where the bytes go, pwrite, hash; a checkpoint (fdatasync, then one catalog
+write) every `checkpoint_bytes` or `checkpoint_interval`; the commit when the object is
+complete. `DownloadReader` is an open committed version and the range to send from it.
+
+Both are blocking and run in the worker's thread pool; the Store (node.store) creates them.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import os
+import threading
+import time
+import zlib
+from typing import TYPE_CHECKING
+
+import google_crc32c
+
+from node import failpoints
+from node.catalog import ObjectRecord, SessionRecord
+from node.errors import (ChecksumMismatch, ChunkTooLarge, GenerationMismatch, ObjectExists,
+                         SessionNotFound, Sha256Mismatch)
+from node.session_rules import (State, check_preconditions, is_complete, merge_expected_sha256,
+                                plan_chunk, transition)
+from node.storage import PartClaim
+
+if TYPE_CHECKING:
+    from node.store import Store
+
+log = logging.getLogger("mini_oss.streams")
+HASH_CACHE_SIZE = 256
+
+
+class HashCache:
+    """SHA-256 states of recently released sessions, so a resume in this process need not
+    re-read the part file. An entry is only used when its offset is the session's checkpoint:
+    bytes below a checkpoint never change."""
+
+    def __init__(self, size: int = HASH_CACHE_SIZE) -> None:
+        self._entries: collections.OrderedDict[str, tuple[int, object]] = collections.OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def put(self, upload_id: str, offset: int, hasher) -> None:
+        with self._lock:
+            self._entries[upload_id] = (offset, hasher.copy())
+            self._entries.move_to_end(upload_id)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+
+    def take(self, upload_id: str, offset: int):
+        with self._lock:
+            entry = self._entries.pop(upload_id, None)
+        if entry is not None and entry[0] <= offset:
+            return entry
+        return None
+
+    def drop(self, upload_id: str) -> None:
+        with self._lock:
+            self._entries.pop(upload_id, None)
+
+
+class UploadStream:
+    """One Upload stream's hold on a session: the claim, the running hash, the offsets.
+
+    Calls come from pool threads, one at a time per stream in the normal course; the lock
+    also orders the cleanup that a cancelled stream schedules behind a chunk still in flight.
+    """
+
+    def __init__(self, store: Store, rec: SessionRecord, claim: PartClaim | None) -> None:
+        self.store = store
+        self.rec = rec
+        self.claim = claim
+        self.offset = rec.uploaded_offset
+        self.durable_offset = rec.uploaded_offset
+        self.sha256 = rec.sha256
+        self._durable_sha256 = rec.sha256
+        self.committed: ObjectRecord | None = rec.object if rec.state is State.COMMITTED else None
+        self._lock = threading.Lock()
+        self._hasher = None
+        self._since_checkpoint = 0
+        self._checkpoint_at = time.monotonic() + store.settings.checkpoint_interval
+
+    @property
+    def upload_id(self) -> str:
+        return self.rec.upload_id
+
+    @property
+    def replay(self) -> bool:
+        return self.claim is None
+
+    def _ensure_hasher(self) -> None:
+        if self._hasher is not None:
+            return
+        cached = self.store.hashes.take(self.upload_id, self.offset)
+        if cached is not None:
+            start, hasher = cached
+        else:
+            start, hasher = 0, hashlib.sha256()
+        assert self.claim is not None
+        self._hasher = self.claim.hash_prefix(self.offset, start, hasher)
+
+    def accept(self, offset: int, data: bytes, crc32: int | None, crc32c: int | None, sha256: str) -> None:
+        """Verify and store one chunk; commit when the object is complete."""
+        with self._lock:
+            settings = self.store.settings
+            if len(data) > settings.max_chunk_size:
+                raise ChunkTooLarge(f"chunk of {len(data)} bytes exceeds max_chunk_size",
+                                    max_chunk_size=settings.max_chunk_size)
+            if crc32 is not None and zlib.crc32(data) != crc32:
+                raise ChecksumMismatch("crc32 of the chunk does not match", offset=offset)
+            # google_crc32c takes only bytes: a chunk that carries crc32c costs one copy.
+            if crc32c is not None and google_crc32c.value(bytes(data)) != crc32c:
+                raise ChecksumMismatch("crc32c of the chunk does not match", offset=offset)
+            if self.replay:
+                return  # a committed session: every chunk is a duplicate
+            self.sha256 = merge_expected_sha256(self.sha256, sha256)
+            plan = plan_chunk(uploaded_offset=self.offset, file_size=self.rec.file_size,
+                              offset=offset, length=len(data), max_chunk_size=settings.max_chunk_size)
+            if plan.length:
+                self._ensure_hasher()
+                view = memoryview(data)[plan.skip:plan.skip + plan.length]
+                assert self.claim is not None
+                self.claim.write(plan.write_at, view)
+                failpoints.hit("chunk_written")
+                self._hasher.update(view)
+                self.offset = plan.new_offset
+                self._since_checkpoint += plan.length
+                if (self._since_checkpoint >= settings.checkpoint_bytes
+                        or time.monotonic() >= self._checkpoint_at):
+                    self._checkpoint()
+            if is_complete(self.offset, self.rec.file_size):
+                self._commit()
+
+    def finish(self) -> tuple[SessionRecord, ObjectRecord | None]:
+        """The client closed the stream: commit if complete, else checkpoint; release."""
+        with self._lock:
+            try:
+                if not self.replay and self.committed is None and is_complete(self.offset, self.rec.file_size):
+                    self._commit()
+                self._release()
+            except BaseException:
+                self._release_quietly()
+                raise
+            return self.session(), self.committed
+
+    def close(self) -> None:
+        """The stream ended by an error or a cancel: keep what was verified, drop the claim."""
+        with self._lock:
+            self._release_quietly()
+
+    def session(self) -> SessionRecord:
+        if self.committed is not None:
+            return self.store.catalog.get_session(self.upload_id) or self.rec
+        return self.rec.replace(uploaded_offset=self.durable_offset, sha256=self._durable_sha256)
+
+    def _release_quietly(self) -> None:
+        try:
+            self._release()
+        except Exception:
+            log.exception("checkpoint of %s failed; its durable offset stays %d",
+                          self.upload_id, self.durable_offset)
+            if self.claim is not None:
+                self.claim.release()
+                self.claim = None
+
+    def _release(self) -> None:
+        if self.claim is None:
+            return
+        if self.committed is None:
+            if self.claim.size() > self.offset:  # a write that failed half-way
+                self.claim.truncate(self.offset)
+            if self.offset != self.durable_offset or self.sha256 != self._durable_sha256:
+                self._checkpoint()
+            if self._hasher is not None:
+                self.store.hashes.put(self.upload_id, self.offset, self._hasher)
+        self.claim.release()
+        self.claim = None
+
+    def _checkpoint(self) -> None:
+        assert self.claim is not None
+        self.claim.sync()
+        if self.durable_offset == 0:
+            # The part's directory entry becomes durable with its first bytes, not at create:
+            # abandoned sessions and single-stream objects never pay for it.
+            self.store.storage.fsync_dir(self.store.storage.layout.parts)
+        failpoints.hit("checkpoint_synced")
+        now = self.store.now_ms()
+        expires = now + self.store.ttl_ms
+        if not self.store.catalog.checkpoint(self.upload_id, self.offset, self.sha256, now, expires):
+            raise SessionNotFound(f"upload session {self.upload_id!r} is no longer active")
+        self.durable_offset = self.offset
+        self._durable_sha256 = self.sha256
+        self.rec = self.rec.replace(uploaded_offset=self.offset, sha256=self.sha256,
+                                    updated_at_ms=now, expires_at_ms=expires)
+        self._since_checkpoint = 0
+        self._checkpoint_at = time.monotonic() + self.store.settings.checkpoint_interval
+
+    def _commit(self) -> None:
+        store, rec = self.store, self.rec
+        assert self.claim is not None
+        self._ensure_hasher()
+        digest = self._hasher.hexdigest()
+        if self.sha256 and digest != self.sha256:
+            self._fail_commit()
+            raise Sha256Mismatch("the object's SHA-256 does not match the expected hash",
+                                 expected=self.sha256, actual=digest)
+        started = time.monotonic()
+        now = store.now_ms()
+        disk_name = store.disk_name(rec)
+        obj = ObjectRecord(object_id=rec.object_id, generation=rec.upload_id, file_name=rec.file_name,
+                           size=rec.file_size, sha256=digest, content_type=rec.content_type,
+                           metadata=rec.metadata, created_at_ms=now, disk_name=disk_name)
+        store.storage.promote(self.claim, disk_name)
+        failpoints.hit("commit_renamed")
+
+        def check(current: ObjectRecord | None) -> None:
+            check_preconditions(current.generation if current else None, rec.if_absent,
+                                rec.if_generation_match)
+
+        def publish(o: ObjectRecord) -> None:
+            store.storage.publish(o.object_id, o.disk_name)
+            failpoints.hit("commit_published")
+
+        try:
+            replaced = store.catalog.commit_object(rec.upload_id, obj, now, now + store.ttl_ms,
+                                                   check, publish)
+        except (ObjectExists, GenerationMismatch):
+            store.storage.remove_object(disk_name)
+            self.claim.release()
+            self.claim = None
+            state = transition(rec.state, "fail_commit")
+            store.catalog.end_session(rec.upload_id, state, now, now + store.ttl_ms)
+            store.hashes.drop(rec.upload_id)
+            store.events.add("sessions_aborted")
+            self.committed = None
+            raise
+        except BaseException:
+            # The transaction rolled back: put the bytes back where a resume expects them.
+            store.repair_index(rec.object_id)
+            store.storage.demote(disk_name, store.part_name(rec))
+            self.claim.path = store.storage.layout.part(store.part_name(rec))
+            raise
+        store.storage.fsync_dir(store.storage.layout.index)
+        if replaced is not None and replaced.disk_name != disk_name:
+            # Freed at once (API.md). A reader that already opened it keeps reading it.
+            store.storage.remove_object(replaced.disk_name)
+        self.committed = obj
+        self.durable_offset = self.offset
+        self.claim.release()
+        self.claim = None
+        store.hashes.drop(rec.upload_id)
+        store.events.add("sessions_committed")
+        store.events.add("objects_committed")
+        store.events.observe("commit_seconds", time.monotonic() - started)
+
+    def _fail_commit(self) -> None:
+        assert self.claim is not None
+        try:
+            self.store.end_session(self.rec, "fail_commit")
+        finally:
+            self.claim.release()
+            self.claim = None
+
+
+class DownloadReader:
+    """An open committed version and the range to send from it."""
+
+    def __init__(self, fd: int, obj: ObjectRecord, start: int, end: int, chunk_size: int) -> None:
+        self.fd = fd
+        self.object = obj
+        self.start = start
+        self.end = end
+        self.chunk_size = chunk_size
+
+    def read(self, offset: int) -> tuple[bytes, int]:
+        """The chunk at `offset` and its CRC-32."""
+        want = min(self.chunk_size, self.end - offset)
+        data = os.pread(self.fd, want, offset)
+        if len(data) != want:
+            raise OSError(f"object file of {self.object.object_id} is shorter than its record")
+        return data, zlib.crc32(data)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
