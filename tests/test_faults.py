@@ -11,11 +11,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import zlib
 
 import grpc
 import pytest
+from contract import wait_until
 
 from node.client import Client
 from node.errors import DiskFull
@@ -33,16 +33,6 @@ def write_file(path, size: int) -> str:
 
 def chunk(upload_id: str, offset: int, data: bytes) -> pb.UploadChunk:
     return pb.UploadChunk(upload_id=upload_id, offset=offset, data=data, crc32=zlib.crc32(data))
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def files(directory) -> list[str]:
@@ -180,19 +170,31 @@ def test_a_client_that_vanishes_mid_stream_frees_its_session(node_factory):
                             stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "sent"
-        # The client freezes without closing anything: no FIN, no RST, no more data.
-        wait_for(lambda: stub.GetUploadSession(pb.GetUploadSessionRequest(
-            upload_id=s.upload_id)).uploaded_offset == 65536 or None, 10, "the first chunk")
+
+        def held() -> bool:  # an empty chunk at offset 0 changes nothing unless refused as busy
+            try:
+                stub.Upload(iter([pb.UploadChunk(upload_id=s.upload_id, offset=0, data=b"")]))
+            except grpc.RpcError as exc:
+                return from_rpc_error(exc).reason == "SESSION_BUSY"
+            return False
+        # The client's stream holds the session; then it freezes without closing anything:
+        # no FIN, no RST, no more data.
+        wait_until(held, 10, interval=0.01, what="the client's stream to hold the session")
         proc.send_signal(signal.SIGSTOP)
         data = b"x" * 65536
+        busy_seen = 0
 
         def resumed():
+            nonlocal busy_seen
             try:
-                return stub.Upload(iter([chunk(s.upload_id, 65536, data), chunk("", 131072, data)]))
+                offset = stub.GetUploadSession(pb.GetUploadSessionRequest(upload_id=s.upload_id)).uploaded_offset
+                return stub.Upload(iter([chunk(s.upload_id, o, data) for o in range(offset, 3 * 65536, 65536)]))
             except grpc.RpcError as exc:
                 assert from_rpc_error(exc).reason == "SESSION_BUSY"
+                busy_seen += 1
                 return None
-        response = wait_for(resumed, 15, "the idle timeout to free the session")
+        response = wait_until(resumed, 15, what="the idle timeout to free the session")
+        assert busy_seen >= 1, "the frozen stream never held the session: nothing was freed"
         assert response.object.sha256 == hashlib.sha256(data * 3).hexdigest()
     finally:
         proc.kill()
@@ -225,7 +227,7 @@ def test_abandoned_sessions_are_expired_once_and_their_bytes_freed(node_factory)
         ids.append(s.upload_id)
     stub.Upload(iter([chunk(ids[0], 0, b"y" * 50)]))
     assert len(files(node.data_dir / "parts")) == 300
-    wait_for(lambda: not files(node.data_dir / "parts"), 20, "the sweep to free every part")
+    wait_until(lambda: not files(node.data_dir / "parts"), 20, what="the sweep to free every part")
     listed = stub.ListUploadSessions(pb.ListUploadSessionsRequest(page_size=1000))
     assert list(listed.sessions) == []
     assert stub.GetUploadSession(pb.GetUploadSessionRequest(upload_id=ids[0])).state == pb.UploadSession.ABORTED
@@ -254,7 +256,7 @@ def test_ten_thousand_sessions_opened_and_abandoned(node_factory):
         assert sum(pool.map(open_many, range(0, 10_000, 1250))) == 10_000
     with Client(node.addr) as client:
         assert client.node_info().workers == 2  # still serving
-    wait_for(lambda: not files(node.data_dir / "parts"), 120, "every abandoned part to be freed")
+    wait_until(lambda: not files(node.data_dir / "parts"), 120, what="every abandoned part to be freed")
     with Client(node.addr) as client:
         assert list(client.list_sessions()) == []
 
@@ -262,4 +264,4 @@ def test_ten_thousand_sessions_opened_and_abandoned(node_factory):
         text = urllib.request.urlopen(node.metrics_url, timeout=10).read().decode()
         line = next(l for l in text.splitlines() if l.startswith('mini_oss_sessions_total{event="expired"}'))
         return float(line.split()[-1])
-    wait_for(lambda: expired_total() == 10_000, 30, "the expiry count to reach 10,000")
+    wait_until(lambda: expired_total() == 10_000, 30, what="the expiry count to reach 10,000")

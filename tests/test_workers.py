@@ -19,6 +19,7 @@ import zlib
 import grpc
 import psutil
 import pytest
+from contract import wait_until
 
 from node.pb import oss_pb2 as pb
 from node.pb import oss_pb2_grpc
@@ -60,16 +61,6 @@ class OpenStream:
     def close(self):
         self.queue.put(None)
         return self.call.result(timeout=30)
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def durable_offset(stub, upload_id: str) -> int:
@@ -116,7 +107,7 @@ def test_session_busy_across_workers(node2):
         object_id="busy", file_name="b.bin", file_size=len(data)))
     stream = OpenStream(stub0)
     stream.send(chunk(s.upload_id, 0, data[:CHUNK]))
-    wait_for(lambda: _busy(stub1, s.upload_id), 10, "the first stream to hold the session")
+    wait_until(lambda: _busy(stub1, s.upload_id), 10, what="the first stream to hold the session")
     with pytest.raises(grpc.RpcError) as caught:
         stub1.Upload(iter([chunk(s.upload_id, 0, data[:CHUNK])]), timeout=10)
     err = from_rpc_error(caught.value)
@@ -167,13 +158,13 @@ def test_kill_9_of_the_worker_holding_a_stream(node2):
     for offset in range(0, 3 * CHUNK, CHUNK):
         stream.send(chunk(s.upload_id if offset == 0 else "", offset, data[offset:offset + CHUNK]))
     ch1, stub1 = channel_on_worker(node2.addr, 1)
-    wait_for(lambda: _busy(stub1, s.upload_id), 10, "the stream to claim the session")
+    wait_until(lambda: _busy(stub1, s.upload_id), 10, what="the stream to claim the session")
     old_pid = node2.worker_pids()[0]
     os.kill(old_pid, signal.SIGKILL)
     with pytest.raises(grpc.RpcError):
         stream.call.result(timeout=20)
     # The worker is replaced...
-    wait_for(lambda: node2.worker_pids().get(0, old_pid) != old_pid, 20, "worker 0 to be restarted")
+    wait_until(lambda: node2.worker_pids().get(0, old_pid) != old_pid, 20, what="worker 0 to be restarted")
     # ...and no stale claim is left: another worker resumes from the durable offset at once.
     offset = durable_offset(stub1, s.upload_id)
     assert 0 <= offset <= 3 * CHUNK
@@ -203,7 +194,7 @@ def test_sigterm_during_uploads_drains_and_sessions_resume(node_factory):
         uploads.append((channel, stub, s, data, stream))
     probe = oss_pb2_grpc.ObjectStorageStub(own_channel(node.addr))
     for _, _, s, _, _ in uploads:
-        wait_for(lambda: _busy(probe, s.upload_id), 10, "every stream to hold its session")
+        wait_until(lambda: _busy(probe, s.upload_id), 10, what="every stream to hold its session")
     started = time.monotonic()
     node.proc.send_signal(signal.SIGTERM)
     assert node.proc.wait(30) == 0
@@ -251,7 +242,7 @@ def test_metrics_totals_survive_a_worker_restart(node_factory):
 
     old_pid = node.worker_pids()[0]
     os.kill(old_pid, signal.SIGKILL)
-    wait_for(lambda: node.worker_pids().get(0, old_pid) != old_pid, 20, "worker 0 to be restarted")
+    wait_until(lambda: node.worker_pids().get(0, old_pid) != old_pid, 20, what="worker 0 to be restarted")
     ch0.close()
     ch0, stub0 = channel_on_worker(node.addr, 0)
     round_trip(stub0, "m2", 2 * CHUNK)

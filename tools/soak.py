@@ -7,8 +7,8 @@ Each of --streams threads loops over a random mix: upload an object (64 KiB to 4
 bytes), download and verify it, stat, list a page, overwrite, delete. Every 10 s it samples each
 worker's RSS and open file descriptors (psutil). At the end it prints the error count, the
 operations done, and each worker's RSS and fds in the first and the last sample, and exits 1
-if there was any error or if RSS or fds grew by more than --growth (default 25%) between the
-first sample after warm-up and the last.
+if there was any error or if the median RSS or fds of the last third of the run is more than
+--growth (default 25%) above that of the middle third.
 """
 
 from __future__ import annotations
@@ -126,11 +126,18 @@ def main(argv=None) -> int:
     for line in errors[:20]:
         print("  error:", line)
     grew = []
-    if len(samples) >= 3:
-        first, last = samples[len(samples) // 3][1], samples[-1][1]
-        for pid in sorted(set(first) & set(last)):
-            (rss0, fds0), (rss1, fds1) = first[pid], last[pid]
-            print(f"worker {pid}: rss {rss0 >> 20} -> {rss1 >> 20} MiB, fds {fds0} -> {fds1}")
+    if len(samples) >= 6:
+        # RSS swings with the buffers in flight at the moment of a sample: compare the medians
+        # of the middle and the last third (a trend), not two single samples (noise).
+        third = len(samples) // 3
+        middle, last = samples[third:2 * third], samples[2 * third:]
+        for pid in sorted(set(samples[-1][1])):
+            def median(window, index):
+                values = sorted(s[pid][index] for _, s in window if pid in s)
+                return values[len(values) // 2] if values else 0
+            rss0, rss1 = median(middle, 0), median(last, 0)
+            fds0, fds1 = median(middle, 1), median(last, 1)
+            print(f"worker {pid}: median rss {rss0 >> 20} -> {rss1 >> 20} MiB, fds {fds0} -> {fds1}")
             if rss1 > rss0 * (1 + args.growth) or fds1 > fds0 * (1 + args.growth) + 5:
                 grew.append(pid)
     return 1 if errors or grew else 0
