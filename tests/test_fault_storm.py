@@ -79,13 +79,18 @@ class Poller(threading.Thread):
                 self.reads += 1
 
 
-def storm(node_factory, tmp_path, *, uploads: int, size: int, kills: int, node_kills: int,
-          pace: float) -> dict:
-    """`pace`: seconds each client sleeps per chunk, so that the kills land mid-upload."""
+CHUNK = 64 * KiB
+MAX_GAP = 0.6  # seconds between two kills, at most
+
+
+def storm(node_factory, tmp_path, *, uploads: int, size: int, kills: int, node_kills: int) -> dict:
+    """Each client reads its file slowly enough that its upload outlasts the whole kill plan
+    (kills x MAX_GAP, plus 4 s per restart of the node), so every kill lands while uploads run."""
+    pace = ((kills + node_kills) * MAX_GAP + 4.0 * (1 + node_kills)) / (size // CHUNK)
     port = free_port()
     node = node_factory(workers=2, listen=f"127.0.0.1:{port}",
                         env={"MINI_OSS_CHECKPOINT_BYTES": str(256 * KiB),
-                             "MINI_OSS_DEFAULT_CHUNK_SIZE": str(64 * KiB)})
+                             "MINI_OSS_DEFAULT_CHUNK_SIZE": str(CHUNK)})
     policy = RetryPolicy(max_attempts=40, initial_backoff=0.05, max_backoff=1.0, deadline=180)
     v1 = {f"obj-{i:03d}": os.urandom(size // 2) for i in range(uploads)}
     v2 = {f"obj-{i:03d}": os.urandom(size + i) for i in range(uploads)}
@@ -116,7 +121,7 @@ def storm(node_factory, tmp_path, *, uploads: int, size: int, kills: int, node_k
     plan = ["worker"] * kills + ["node"] * node_kills
     rng.shuffle(plan)
     for what in plan:
-        time.sleep(rng.uniform(0.1, 0.6))
+        time.sleep(rng.uniform(0.1, MAX_GAP))
         if all(not t.is_alive() for t in threads):
             break
         if what == "node":
@@ -154,12 +159,12 @@ def storm(node_factory, tmp_path, *, uploads: int, size: int, kills: int, node_k
 
 
 def test_fault_storm_quick(node_factory, tmp_path):
-    report = storm(node_factory, tmp_path, uploads=10, size=1024 * KiB, kills=3, node_kills=1, pace=0.05)
+    report = storm(node_factory, tmp_path, uploads=10, size=1024 * KiB, kills=3, node_kills=1)
     assert report["killed"] == {"workers": 3, "node": 1}, "the uploads ended before the kills"
 
 
 @pytest.mark.slow
 def test_fault_storm_50_uploads(node_factory, tmp_path):
-    report = storm(node_factory, tmp_path, uploads=50, size=4096 * KiB, kills=12, node_kills=3, pace=0.03)
+    report = storm(node_factory, tmp_path, uploads=50, size=4096 * KiB, kills=12, node_kills=3)
     print(f"\nfault storm: {report}")
     assert report["killed"] == {"workers": 12, "node": 3}, "the uploads ended before the kills"
