@@ -149,6 +149,15 @@ def _prefix_upper_bound(prefix: str) -> str | None:
     return prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
+def _prefix_range(prefix: str) -> tuple[str, list]:
+    """A WHERE clause (and its arguments) selecting object_ids that start with `prefix`, as an
+    index range rather than a LIKE, so a listing reads only the rows it returns."""
+    upper = _prefix_upper_bound(prefix)
+    if upper is None:
+        return "object_id >= ?", [prefix]
+    return "object_id >= ? AND object_id < ?", [prefix, upper]
+
+
 class Catalog:
     """One connection to the catalog. Not shared between threads."""
 
@@ -291,12 +300,9 @@ class Catalog:
 
     def list_active_sessions(self, prefix: str, after: tuple[str, str] | None,
                              limit: int) -> list[SessionRecord]:
-        sql = f"SELECT {', '.join(_SESSION_COLUMNS)} FROM sessions WHERE state = ? AND object_id >= ?"
-        args: list = [int(State.ACTIVE), prefix]
-        upper = _prefix_upper_bound(prefix)
-        if upper is not None:
-            sql += " AND object_id < ?"
-            args.append(upper)
+        where, args = _prefix_range(prefix)
+        sql = f"SELECT {', '.join(_SESSION_COLUMNS)} FROM sessions WHERE state = ? AND {where}"
+        args.insert(0, int(State.ACTIVE))
         if after is not None:
             sql += " AND (object_id, upload_id) > (?, ?)"
             args += list(after)
@@ -337,12 +343,8 @@ class Catalog:
         return _object_from_row(rows[0]) if rows else None
 
     def list_objects(self, prefix: str, after: str | None, limit: int) -> list[ObjectRecord]:
-        sql = f"SELECT {', '.join(_OBJECT_COLUMNS)} FROM objects WHERE object_id >= ?"
-        args: list = [prefix]
-        upper = _prefix_upper_bound(prefix)
-        if upper is not None:
-            sql += " AND object_id < ?"
-            args.append(upper)
+        where, args = _prefix_range(prefix)
+        sql = f"SELECT {', '.join(_OBJECT_COLUMNS)} FROM objects WHERE {where}"
         if after is not None:
             sql += " AND object_id > ?"
             args.append(after)
