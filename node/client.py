@@ -465,24 +465,22 @@ class Client:
         self._unary("AbortUploadSession", oss_pb2.AbortUploadSessionRequest(upload_id=upload_id))
 
     def list_sessions(self, prefix: str = "", page_size: int = 0) -> Iterator[UploadSession]:
-        token = ""
-        while True:
-            page = self._unary("ListUploadSessions", oss_pb2.ListUploadSessionsRequest(
-                object_id_prefix=prefix, page_size=page_size, page_token=token))
-            yield from page.sessions
-            token = page.next_page_token
-            if not token:
-                return
+        return self._pages("ListUploadSessions", "sessions", lambda token: oss_pb2.ListUploadSessionsRequest(
+            object_id_prefix=prefix, page_size=page_size, page_token=token))
 
     def stat(self, object_id: str) -> ObjectInfo:
         return self._unary("StatObject", oss_pb2.StatObjectRequest(object_id=object_id))
 
     def list_objects(self, prefix: str = "", page_size: int = 0) -> Iterator[ObjectInfo]:
+        return self._pages("ListObjects", "objects", lambda token: oss_pb2.ListObjectsRequest(
+            prefix=prefix, page_size=page_size, page_token=token))
+
+    def _pages(self, method: str, field: str, request_for) -> Iterator:
+        """Every item of a paged listing: ask again with next_page_token until there is none."""
         token = ""
         while True:
-            page = self._unary("ListObjects", oss_pb2.ListObjectsRequest(
-                prefix=prefix, page_size=page_size, page_token=token))
-            yield from page.objects
+            page = self._unary(method, request_for(token))
+            yield from getattr(page, field)
             token = page.next_page_token
             if not token:
                 return
