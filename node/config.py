@@ -46,6 +46,9 @@ class Settings:
     # lock while other streams' chunks queued; 256 MiB / 30 s and 8 threads took +20% upload.
     checkpoint_bytes: int = _setting(256 * MiB, "An Upload stream makes its progress durable after this many bytes.", minimum=1)
     checkpoint_interval: float = _setting(30.0, "... or after this many seconds, whichever comes first.", minimum=0.001)
+    # Measured (tools/bench/RESULTS.md): the page cache takes sustained writes here at ~0.5 GB/s
+    # and ~2 ms of kernel CPU per MiB; O_DIRECT writes reach ~1.5 GB/s.
+    direct_io: bool = _setting(True, "Write uploads with O_DIRECT where the file system allows (falls back to buffered).")
     io_threads: int = _setting(8, "Threads per worker for hashing, pwrite, pread and the catalog.", minimum=1)
     sweep_interval: float = _setting(60.0, "Seconds between sweeps that expire idle sessions.", minimum=0.01)
     log_level: str = _setting("INFO", "Logging level of the node's processes.")

@@ -10,7 +10,8 @@ them:
 
 * A stream's exclusive claim on a session is `flock(LOCK_EX | LOCK_NB)` on its part file:
   it works across worker processes, between two opens in one process, and dies with its holder.
-* Writes are `os.pwrite` at the offset the session rules chose; durability is `fdatasync`.
+* Writes are `os.pwrite` at the offset the session rules chose, with O_DIRECT where the file
+  system takes it (node.direct_io says why); durability is `fdatasync`.
 * Commit is: fsync the part, rename it into `objects/`, fsync `objects/`; then (inside the
   catalog's write transaction) swap the index symlink by renaming a fresh symlink over it.
   A reader that opens `index/<object_id>` sees the old version or the new one, never a mix,
@@ -28,6 +29,7 @@ import os
 import secrets
 from dataclasses import dataclass
 
+from node.direct_io import DirectAppender, open_direct
 from node.errors import DiskFull, SessionBusy
 
 PARTS, OBJECTS, INDEX = "parts", "objects", "index"
@@ -40,31 +42,45 @@ def _disk_full(exc: OSError) -> bool:
 
 
 class PartClaim:
-    """An open, exclusively locked part file: the holder may write the session's bytes."""
+    """An open, exclusively locked part file: the holder may write the session's bytes.
 
-    def __init__(self, path: str, fd: int) -> None:
+    Writes go through a `DirectAppender` (O_DIRECT where the file system takes it), which may
+    hold the last partial block in memory: `size()` and the hashes see the file, so `sync`,
+    `hash_prefix` and `Storage.promote` flush that block first.
+    """
+
+    def __init__(self, path: str, fd: int, direct_fd: int | None = None) -> None:
         self.path = path
         self.fd = fd
+        self.appender = DirectAppender(fd, direct_fd)
 
     def size(self) -> int:
+        self.flush()
         return os.fstat(self.fd).st_size
 
     def truncate(self, length: int) -> None:
+        self.flush()
         os.ftruncate(self.fd, length)
+        self.appender.forget()
 
     def write(self, offset: int, data: memoryview | bytes) -> None:
-        view = memoryview(data)
         try:
-            while view:
-                written = os.pwrite(self.fd, view, offset)
-                view = view[written:]
-                offset += written
+            self.appender.write(offset, data)
+        except OSError as exc:
+            if _disk_full(exc):
+                raise DiskFull("no space left for the upload") from exc
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.appender.flush()
         except OSError as exc:
             if _disk_full(exc):
                 raise DiskFull("no space left for the upload") from exc
             raise
 
     def sync(self) -> None:
+        self.flush()
         try:
             os.fdatasync(self.fd)
         except OSError as exc:
@@ -75,6 +91,7 @@ class PartClaim:
     def hash_prefix(self, length: int, start: int = 0, hasher=None):
         """SHA-256 over [start, length) of the part, continuing `hasher` if given."""
         hasher = hasher or hashlib.sha256()
+        self.flush()
         offset = start
         while offset < length:
             block = os.pread(self.fd, min(READ_BLOCK, length - offset), offset)
@@ -85,6 +102,9 @@ class PartClaim:
         return hasher
 
     def release(self) -> None:
+        # A held tail that no sync covered is dropped: those bytes were never durable, and a
+        # resume starts from the durable offset.
+        self.appender.close()
         if self.fd >= 0:
             os.close(self.fd)  # closing drops the flock
             self.fd = -1
@@ -117,8 +137,9 @@ class Layout:
 
 
 class Storage:
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, *, direct_io: bool = True) -> None:
         self.layout = Layout(os.path.abspath(root))
+        self.direct_io = direct_io
         for path in (self.layout.root, self.layout.parts, self.layout.objects, self.layout.index):
             os.makedirs(path, exist_ok=True)
 
@@ -154,7 +175,7 @@ class Storage:
         if not same:
             os.close(fd)
             return None
-        return PartClaim(path, fd)
+        return PartClaim(path, fd, open_direct(path) if self.direct_io else None)
 
     def remove_part(self, part_name: str) -> None:
         try:
@@ -169,6 +190,7 @@ class Storage:
 
     def promote(self, claim: PartClaim, disk_name: str) -> None:
         """Make the part durable and move it into objects/ (the claim stays held)."""
+        claim.flush()
         try:
             os.fsync(claim.fd)
         except OSError as exc:

@@ -66,7 +66,7 @@ class Store:
         self.clock = clock
         #: Where session events and commit times are counted (a metrics slot or forwarder).
         self.events = events or NullSlot()
-        self.storage = Storage(settings.data_dir)
+        self.storage = Storage(settings.data_dir, direct_io=settings.direct_io)
         self.catalogs = CatalogPool(settings.data_dir)
         self.hashes = HashCache()
         self.ttl_ms = int(settings.session_ttl * 1000)
