@@ -54,12 +54,12 @@ import random
 import tempfile
 import threading
 import time
-import zlib
 from typing import IO, Any, BinaryIO, Callable, Iterator, Mapping
 
 import grpc
 
 from node import errors
+from node.checksums import crc32
 from node.errors import OssError, TransportError
 from node.pb import oss_pb2, oss_pb2_grpc
 from node.status import from_rpc_error
@@ -591,7 +591,7 @@ class Client:
                     try:
                         data = reader.read(chunk_size)
                         message = oss_pb2.UploadChunk(offset=offset, data=data,
-                                                      crc32=zlib.crc32(data))
+                                                      crc32=crc32(data))
                         if first:
                             message.upload_id = upload_id
                             if sha256:
@@ -779,7 +779,7 @@ class DownloadStream:
                         raise errors.ChecksumMismatch(
                             f"download chunk at byte {message.offset}, expected {next_offset}",
                             offset=message.offset)
-                    if zlib.crc32(data) != message.crc32:
+                    if crc32(data) != message.crc32:
                         raise errors.ChecksumMismatch(
                             f"download chunk at byte {message.offset} fails its CRC-32",
                             offset=message.offset)

@@ -18,12 +18,10 @@ import logging
 import os
 import threading
 import time
-import zlib
 from typing import TYPE_CHECKING
 
-import google_crc32c
-
 from node import failpoints
+from node.checksums import crc32 as crc32_of, crc32c as crc32c_of
 from node.catalog import ObjectRecord, SessionRecord
 from node.errors import (ChecksumMismatch, ChunkTooLarge, GenerationMismatch, ObjectExists,
                          SessionNotFound, Sha256Mismatch)
@@ -114,10 +112,9 @@ class UploadStream:
             if len(data) > settings.max_chunk_size:
                 raise ChunkTooLarge(f"chunk of {len(data)} bytes exceeds max_chunk_size",
                                     max_chunk_size=settings.max_chunk_size)
-            if crc32 is not None and zlib.crc32(data) != crc32:
+            if crc32 is not None and crc32_of(data) != crc32:
                 raise ChecksumMismatch("crc32 of the chunk does not match", offset=offset)
-            # google_crc32c takes only bytes: a chunk that carries crc32c costs one copy.
-            if crc32c is not None and google_crc32c.value(bytes(data)) != crc32c:
+            if crc32c is not None and crc32c_of(data) != crc32c:
                 raise ChecksumMismatch("crc32c of the chunk does not match", offset=offset)
             if self.replay:
                 return  # a committed session: every chunk is a duplicate
@@ -286,7 +283,7 @@ class DownloadReader:
         data = os.pread(self.fd, want, offset)
         if len(data) != want:
             raise OSError(f"object file of {self.object.object_id} is shorter than its record")
-        return data, zlib.crc32(data)
+        return data, crc32_of(data)
 
     def close(self) -> None:
         if self.fd >= 0:

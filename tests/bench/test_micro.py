@@ -17,6 +17,7 @@ import zlib
 import google_crc32c
 import pytest
 
+from node import checksums
 from node.pb import oss_pb2 as pb
 from node.session_rules import plan_chunk
 from tools.bench import codec
@@ -31,6 +32,13 @@ UPLOAD_ID = "u" * 22
 def test_zlib_crc32(benchmark):
     benchmark.extra_info["bytes"] = MiB
     assert benchmark(zlib.crc32, DATA) == CRC
+
+
+@pytest.mark.benchmark(group="checksum of 1 MiB")
+def test_isal_crc32_the_nodes(benchmark):
+    """node.checksums.crc32: the same value as zlib's, from ISA-L."""
+    benchmark.extra_info["bytes"] = MiB
+    assert benchmark(checksums.crc32, DATA) == CRC
 
 
 @pytest.mark.benchmark(group="checksum of 1 MiB")

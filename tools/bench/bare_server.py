@@ -78,8 +78,8 @@ class Source:
 
     def __init__(self, size: int, chunk_size: int, cache_bytes: int) -> None:
         import hashlib
-        import zlib
 
+        from node.checksums import crc32
         from tools.bench import codec
 
         self.codec = codec
@@ -87,7 +87,7 @@ class Source:
         # The same bytes in every worker: a StatObject answered by one worker must match a
         # Download served by another.
         self.buffer = random.Random(f"bare-{chunk_size}").randbytes(chunk_size)
-        self.crc = zlib.crc32(self.buffer)
+        self.crc = crc32(self.buffer)
         self.cache: dict[tuple[int, int], bytes] = {}
         self.cache_bytes = cache_bytes
         self.cached = 0
@@ -100,7 +100,7 @@ class Source:
 
     def data(self, offset: int, length: int) -> tuple[bytes, int]:
         """Content of [offset, offset + length): the buffer itself when aligned (the hot case)."""
-        import zlib
+        from node.checksums import crc32
 
         n = len(self.buffer)
         start = offset % n
@@ -112,7 +112,7 @@ class Source:
             out += piece
             start = 0
         data = bytes(out)
-        return data, zlib.crc32(data)
+        return data, crc32(data)
 
     def message(self, offset: int, length: int, info: bytes | None = None) -> bytes:
         """A serialised DownloadChunk; cached unless it carries ObjectInfo."""

@@ -26,9 +26,9 @@ import os
 import resource
 import time
 import traceback
-import zlib
 from dataclasses import dataclass, field
 
+from node.checksums import crc32
 from tools.bench import codec
 from tools.bench.cli import BenchConfig
 from tools.bench.workload import ContentPool, object_tag, upload_object_id
@@ -249,7 +249,7 @@ class ClientProcess:
 
     async def _download_stream(self, stream: int, ch: Channel) -> None:
         cfg, pb = self.cfg, ch.pb
-        decode, crc32 = codec.decode_download_chunk, zlib.crc32
+        decode, crc_of = codec.decode_download_chunk, crc32
         n = 0
         while self._more(n):
             object_id = self.download_ids[(stream + n * cfg.concurrency) % len(self.download_ids)]
@@ -270,7 +270,7 @@ class ClientProcess:
                     if hasher is not None:
                         if offset != expected:
                             raise StreamError("CLIENT_OFFSET", f"chunk at {offset}, expected {expected}")
-                        if crc32(data) != crc:
+                        if crc_of(data) != crc:
                             raise StreamError("CLIENT_CRC32", f"{object_id}: CRC-32 mismatch at {offset}")
                         hasher.update(data)
                     expected += len(data)

@@ -29,9 +29,10 @@ import secrets
 import signal
 import sys
 import time
-import zlib
 
 import psutil
+
+from node.checksums import crc32
 
 from tools.bench import procmetrics, stats, targets
 from tools.bench.cli import BenchConfig
@@ -72,7 +73,7 @@ def _upload_one(stub, object_id: str, size: int, chunk_size: int) -> None:
     from node.pb import oss_pb2
 
     pool = ContentPool(chunk_size, size, 16, seed=object_id)
-    spec = pool.spec(object_id, number=zlib.crc32(object_id.encode()), tag=object_id.encode())
+    spec = pool.spec(object_id, number=crc32(object_id.encode()), tag=object_id.encode())
     session = stub.CreateUploadSession(oss_pb2.CreateUploadSessionRequest(
         object_id=object_id, file_name="bench.bin", file_size=size, chunk_size=chunk_size), timeout=60)
 
@@ -82,7 +83,7 @@ def _upload_one(stub, object_id: str, size: int, chunk_size: int) -> None:
             offset = k * pool.chunk_size
             data = pool.chunk_data(spec, k, min(pool.chunk_size, size - offset))
             yield oss_pb2.UploadChunk(upload_id=session.upload_id if first else "", offset=offset,
-                                      data=data, crc32=zlib.crc32(data))
+                                      data=data, crc32=crc32(data))
             first = False
         if size == 0:
             yield oss_pb2.UploadChunk(upload_id=session.upload_id)

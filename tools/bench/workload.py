@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import hashlib
 import random
-import zlib
 from dataclasses import dataclass
 from typing import Iterator
 
+from node.checksums import crc32
 from tools.bench import codec
 
 TAG_BYTES = 32
@@ -59,7 +59,7 @@ class ContentPool:
         self.size = _power_of_two_at_least(pool_chunks)
         rng = random.Random(seed)
         self.data = [rng.randbytes(self.chunk_size) for _ in range(self.size)]
-        self.crcs = [zlib.crc32(d) for d in self.data]
+        self.crcs = [crc32(d) for d in self.data]
         self.bodies = [codec.upload_body(d, c) for d, c in zip(self.data, self.crcs)]
         self.chunks_per_object = -(-file_size // self.chunk_size) if file_size else 0
 
@@ -80,7 +80,7 @@ class ContentPool:
             index = self._pool_index(spec, k)
             if k == 0 or length != self.chunk_size:
                 data = self.chunk_data(spec, k, length)
-                body = codec.upload_body(data, zlib.crc32(data))
+                body = codec.upload_body(data, crc32(data))
             else:
                 body = self.bodies[index]
             yield offset, length, body
