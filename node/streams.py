@@ -270,20 +270,41 @@ class UploadStream:
 class DownloadReader:
     """An open committed version and the range to send from it."""
 
-    def __init__(self, fd: int, obj: ObjectRecord, start: int, end: int, chunk_size: int) -> None:
+    def __init__(self, fd: int, obj: ObjectRecord, start: int, end: int, chunk_size: int,
+                 readahead: int = 0) -> None:
         self.fd = fd
         self.object = obj
         self.start = start
         self.end = end
         self.chunk_size = chunk_size
+        #: How far ahead of the stream the kernel is asked to read (0: leave it to the kernel).
+        self.readahead = readahead
+        self._advised = start  # [start, _advised) has been asked for
+        if readahead:
+            os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_SEQUENTIAL)
 
     def read(self, offset: int) -> tuple[bytes, int]:
         """The chunk at `offset` and its CRC-32."""
         want = min(self.chunk_size, self.end - offset)
+        if self.readahead:
+            self._read_ahead(offset + want)
         data = os.pread(self.fd, want, offset)
         if len(data) != want:
             raise OSError(f"object file of {self.object.object_id} is shorter than its record")
         return data, crc32_of(data)
+
+    def _read_ahead(self, position: int) -> None:
+        """Keep [position, position + readahead) on its way from the disk: the kernel reads it
+        asynchronously, so the next preads find it cached. Asked for in halves of the window,
+        so the kernel sees a few large requests rather than one per chunk."""
+        if self._advised - position > self.readahead // 2:
+            return
+        ahead = max(self._advised, position)
+        until = min(self.end, position + self.readahead)
+        if until <= ahead:  # (a length of 0 would mean "to the end of the file")
+            return
+        os.posix_fadvise(self.fd, ahead, until - ahead, os.POSIX_FADV_WILLNEED)
+        self._advised = until
 
     def close(self) -> None:
         if self.fd >= 0:
