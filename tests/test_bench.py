@@ -54,7 +54,11 @@ def test_upload_and_download_against_a_node(node_factory, tmp_path):
     down = run_bench("download_bench", node.addr, tmp_path, "--count", "2", "--objects", "3")
     check_common(down, 8, 1 << 20)
     assert down["config"]["verify"] is True and down["first_byte_s"]["p50"] is not None
+    assert down["config"]["cold_cache"] is False
     assert sum(down["landing"]["streams_per_worker"].values()) == 4
+    cold = run_bench("download_bench", node.addr, tmp_path, "--objects", "3", "--cold-cache")
+    check_common(cold, 4, 1 << 20)
+    assert cold["config"]["cold_cache"] is True
 
     small = run_bench("upload_bench", node.addr, tmp_path, "--small", "--file_size", "16KiB",
                       "--duration", "1")

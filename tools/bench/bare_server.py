@@ -29,45 +29,31 @@ import multiprocessing
 import os
 import random
 import signal
-import socket
 import sys
 import time
+
+from node.config import Settings, split_host_port
+from node.workers.supervisor import WORKER_MALLOC_ENV, reserve_port
 
 READY_LINE = "mini-oss gRPC server started at :{port}"
 KiB, MiB = 1024, 1024 ** 2
 VERSION = "bare-grpc-ceiling"
-MAX_CHUNK = 4 * MiB        # the node's default max_chunk_size
-MESSAGE_LIMIT = MAX_CHUNK + 1 * MiB   # the node's grpc_message_limit
+MAX_CHUNK = Settings().max_chunk_size   # the node's default
 SERVICE = "oss.v1.ObjectStorage"
-#: glibc settings for the workers (unless --plain-malloc). On these VMs memory handed back to the
-#: host costs ~1 ms per MiB to touch again (DESIGN.md), and gRPC's threads each grow their own
-#: malloc arena: without these a sink's RSS climbs to GBs and its throughput halves. The ceiling
-#: is what gRPC can do here at best, so it runs with them.
-MALLOC_TUNING = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "33554432",
-                 "MALLOC_TRIM_THRESHOLD_": "1073741824"}
-
-
-def reserve_port(host: str, port: int) -> socket.socket:
-    """Bind (never listen) with SO_REUSEPORT, as the node's supervisor does."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    return sock
+#: glibc settings for the workers (unless --plain-malloc): the node's own (WORKER_MALLOC_ENV
+#: says why). The ceiling is what gRPC can do here at best, so it runs with them.
+MALLOC_TUNING = WORKER_MALLOC_ENV
 
 
 def server_options() -> list[tuple[str, object]]:
-    """The node's gRPC server options (node.server.grpc_options), copied so a change there shows."""
-    return [
-        ("grpc.so_reuseport", 1),
-        ("grpc.max_receive_message_length", MESSAGE_LIMIT),
-        ("grpc.max_send_message_length", MESSAGE_LIMIT),
-        ("grpc.keepalive_time_ms", 20_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-        ("grpc.http2.max_pings_without_data", 0),
-    ]
+    """The node's own gRPC server options (node.server.grpc_options with default settings):
+    the ceiling must differ from the node only in what the handlers do. (A copy kept here
+    once missed the node's `bdp_probe = 0`, and the ceiling swung 0.9-3.2 GB/s with its
+    workers' RSS at 2-10 GB.)"""
+    from node.config import Settings
+    from node.server import grpc_options
+
+    return grpc_options(Settings())
 
 
 # -- the worker (imports gRPC) ----------------------------------------------------------------
@@ -306,9 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.plain_malloc:
         for key, value in MALLOC_TUNING.items():
             os.environ.setdefault(key, value)  # inherited by the spawned workers
-    host, _, port_text = args.listen.rpartition(":")
-    host = host.strip("[]") or "0.0.0.0"
-    reservation = reserve_port(host, int(port_text))
+    host, _port = split_host_port(args.listen)
+    reservation = reserve_port(args.listen)
     port = reservation.getsockname()[1]
     listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 

@@ -52,6 +52,7 @@ class BenchConfig:
     object_id: str = ""                   # download: the one object every stream fetches
     objects: int = 8                      # download without --object_id: distinct objects
     verify: bool = True                   # download: check CRC-32 per chunk and SHA-256
+    cold_cache: bool = False              # download: skip the untimed read that warms the cache
     send_sha256: bool = False             # upload: also send each object's SHA-256
     small: bool = False                   # upload: report durable commits per second
     keep: bool = False                    # upload: keep the objects (default: delete after)
@@ -84,6 +85,10 @@ class BenchConfig:
 
     def replace(self, **changes) -> "BenchConfig":
         return dataclasses.replace(self, **changes)
+
+
+COLD_CACHE_HELP = ("download: skip the untimed read of each object before the run, so the node "
+                   "serves objects as an upload left them (written with O_DIRECT: not in the page cache)")
 
 
 def _add(parser: argparse.ArgumentParser, *names: str, **kwargs) -> None:
@@ -140,6 +145,7 @@ def build_parser(mode: str, description: str) -> argparse.ArgumentParser:
              help="without --object_id: distinct objects bench-dl-<size>-<i>, made if missing (default %(default)s)")
         _add(p, "--no-verify", dest="verify", action="store_false",
              help="skip the client's CRC-32 and SHA-256 checks (measures transfer alone)")
+        _add(p, "--cold-cache", action="store_true", help=COLD_CACHE_HELP)
     return p
 
 
@@ -157,7 +163,8 @@ def config_from_args(mode: str, args: argparse.Namespace) -> BenchConfig:
         node_root=args.node_root, node_env=tuple(args.node_env),
         channel_args=tuple((k, int(v)) for k, v in (a.split("=", 1) for a in args.channel_arg)),
         object_id=getattr(args, "object_id", ""), objects=getattr(args, "objects", 8),
-        verify=getattr(args, "verify", True), send_sha256=getattr(args, "send_sha256", False),
+        verify=getattr(args, "verify", True), cold_cache=getattr(args, "cold_cache", False),
+        send_sha256=getattr(args, "send_sha256", False),
         small=small, keep=getattr(args, "keep", False),
         pool_chunks=getattr(args, "pool_chunks", 64))
     validate(cfg)

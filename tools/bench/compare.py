@@ -19,7 +19,7 @@ import json
 import sys
 
 from tools.bench import runner, targets
-from tools.bench.cli import build_parser, config_from_args, format_size
+from tools.bench.cli import COLD_CACHE_HELP, build_parser, config_from_args, format_size
 
 
 def _parser():
@@ -29,6 +29,7 @@ def _parser():
                    help="download: distinct objects every stream picks from (default %(default)s)")
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="download: skip the client's CRC-32 and SHA-256 checks")
+    p.add_argument("--cold-cache", action="store_true", help=COLD_CACHE_HELP)
     p.add_argument("--modes", default="upload,download", help="which benches (default %(default)s)")
     return p
 
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     runner.stop_cleanly_on_signals()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    cfg = config_from_args("upload", args)
+    cfg = config_from_args("upload", args).replace(cold_cache=args.cold_cache)
     reports: dict[str, dict[str, dict]] = {"bare": {}, "node": {}}
 
     print(f"compare: bare gRPC ceiling vs node, {cfg.workers} workers each", flush=True)

@@ -81,6 +81,7 @@ def aggregate(cfg: BenchConfig, results: list[ProcessResult], node: dict, target
             "concurrency": cfg.concurrency, "file_size": cfg.file_size, "chunk_size": cfg.chunk_size,
             "channels": cfg.effective_channels, "processes": cfg.processes, "count": cfg.count,
             "duration": cfg.duration, "verify": cfg.verify if cfg.mode == "download" else None,
+            "cold_cache": cfg.cold_cache if cfg.mode == "download" else None,
             "send_sha256": cfg.send_sha256 if cfg.mode == "upload" else None,
             "object_id": cfg.object_id or None,
             "channel_args": [list(a) for a in cfg.channel_args],
@@ -132,6 +133,8 @@ def header(cfg: BenchConfig, target: dict, machine: dict) -> str:
         f"{format_size(cfg.chunk_size)} chunks, {cfg.effective_channels} channels, "
         f"{cfg.processes} client processes"
         + (", verification " + ("ON (CRC-32 per chunk, SHA-256 per object)" if cfg.verify else "OFF")
+           + (", page cache cold (no warming read)" if cfg.cold_cache
+              else ", page cache warmed (one untimed read per object)")
            if cfg.mode == "download" else
            ", CRC-32 on every chunk, distinct contents per object"
            + (", SHA-256 sent" if cfg.send_sha256 else "")),
