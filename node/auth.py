@@ -347,26 +347,17 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 on_error(err.code)
                 await context.abort_with_status(to_status(err))
 
-        if handler.response_streaming:
-            behaviour = handler.unary_stream
-            if inspect.isasyncgenfunction(behaviour):
-                async def stream(request, context):
-                    await check(request, context)
-                    async for response in behaviour(request, context):
-                        yield response
-            else:
-                async def stream(request, context):
-                    await check(request, context)
-                    return await behaviour(request, context)
-            return grpc.unary_stream_rpc_method_handler(
-                stream, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
-
-        behaviour = handler.unary_unary
-
-        async def unary(request, context):
-            await check(request, context)
-            return await behaviour(request, context)
-        return grpc.unary_unary_rpc_method_handler(
-            unary, request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer)
+        streaming = handler.response_streaming
+        behaviour = handler.unary_stream if streaming else handler.unary_unary
+        if inspect.isasyncgenfunction(behaviour):
+            async def checked(request, context):
+                await check(request, context)
+                async for response in behaviour(request, context):
+                    yield response
+        else:
+            async def checked(request, context):
+                await check(request, context)
+                return await behaviour(request, context)
+        make = grpc.unary_stream_rpc_method_handler if streaming else grpc.unary_unary_rpc_method_handler
+        return make(checked, request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer)

@@ -104,9 +104,11 @@ class DirectAppender:
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
-            # Alignment this device does not take: write the same bytes the ordinary way.
+            # Alignment this device does not take: from now on write the ordinary way, starting
+            # with these bytes (the held tail included).
             start = self.tail_start
-            self._give_up_direct()
+            self.close()
+            self.forget()
             pwrite_all(self.fd, memoryview(buf)[:total], start)
             return
         self.tail = bytearray(buf[whole:total])
@@ -136,8 +138,3 @@ class DirectAppender:
         if len(self.tail) != offset - start:
             raise OSError(errno.EIO, f"file is shorter than the stream's offset {offset}")
         self.tail_start = start
-
-    def _give_up_direct(self) -> None:
-        self.flush()
-        self.close()
-        self.forget()

@@ -9,7 +9,6 @@ loop keeps receiving other streams while one chunk is hashed and written.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -89,8 +88,10 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
 
     # -- plumbing -----------------------------------------------------------------------------
 
-    async def _run(self, fn: Callable[..., T], *args) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args))
+    def _run(self, fn: Callable[..., T], *args) -> asyncio.Future[T]:
+        """Run the blocking `fn(*args)` in the pool: a future to await, or to keep and await
+        later (the pipelined upload and download loops do; no task is needed around it)."""
+        return asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     async def _guard(self, context: grpc.aio.ServicerContext, body: Callable[[], Awaitable[T]],
                      request: object = None) -> T:
@@ -227,8 +228,7 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
     def _write(self, stream: UploadStream, msg: UploadChunkView) -> asyncio.Future:
         started = time.monotonic()
         size = len(msg.data)
-        future = asyncio.ensure_future(self._run(stream.accept, msg.offset, msg.data, msg.crc32,
-                                                 msg.crc32c, msg.sha256))
+        future = self._run(stream.accept, msg.offset, msg.data, msg.crc32, msg.crc32c, msg.sha256)
 
         def done(f: asyncio.Future) -> None:  # runs on the loop thread: the slot's one writer
             self.metrics.add("received_bytes", size)
@@ -247,7 +247,7 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
 
     async def _cleanup(self, stream: UploadStream) -> None:
         """Checkpoint and release, even when the call is being cancelled."""
-        future = asyncio.get_running_loop().run_in_executor(self.pool, stream.close)
+        future = self._run(stream.close)
         self.cleanups.add(future)
         future.add_done_callback(self.cleanups.discard)
         try:
@@ -292,14 +292,13 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
             return
         offset = reader.start
         client = client_of(context)
-        pending = asyncio.ensure_future(self._run(reader.read, offset))
+        pending = self._run(reader.read, offset)
         try:
             while offset < reader.end:
                 data, crc = await pending
                 following = offset + len(data)
                 # Read the next chunk while this one is on the wire.
-                pending = (asyncio.ensure_future(self._run(reader.read, following))
-                           if following < reader.end else None)
+                pending = self._run(reader.read, following) if following < reader.end else None
                 first = info is not None
                 await self.limiter.pace(client, len(data))
                 await context.write(encode_download_chunk(offset, data, crc, info or b""))

@@ -28,6 +28,7 @@ import hashlib
 import os
 import secrets
 from dataclasses import dataclass
+from typing import NoReturn
 
 from node.direct_io import DirectAppender, open_direct
 from node.errors import DiskFull, SessionBusy
@@ -37,8 +38,18 @@ READ_BLOCK = 1 << 20
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
-def _disk_full(exc: OSError) -> bool:
-    return exc.errno in _DISK_FULL_ERRNOS
+def _raise_typed(exc: OSError, message: str) -> NoReturn:
+    """Re-raise an OSError from a write or sync: as DiskFull(message) when the disk is full."""
+    if exc.errno in _DISK_FULL_ERRNOS:
+        raise DiskFull(message) from exc
+    raise exc
+
+
+def _unlink_if_present(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 class PartClaim:
@@ -67,26 +78,20 @@ class PartClaim:
         try:
             self.appender.write(offset, data)
         except OSError as exc:
-            if _disk_full(exc):
-                raise DiskFull("no space left for the upload") from exc
-            raise
+            _raise_typed(exc, "no space left for the upload")
 
     def flush(self) -> None:
         try:
             self.appender.flush()
         except OSError as exc:
-            if _disk_full(exc):
-                raise DiskFull("no space left for the upload") from exc
-            raise
+            _raise_typed(exc, "no space left for the upload")
 
     def sync(self) -> None:
         self.flush()
         try:
             os.fdatasync(self.fd)
         except OSError as exc:
-            if _disk_full(exc):
-                raise DiskFull("no space left to make the upload durable") from exc
-            raise
+            _raise_typed(exc, "no space left to make the upload durable")
 
     def hash_prefix(self, length: int, start: int = 0, hasher=None):
         """SHA-256 over [start, length) of the part, continuing `hasher` if given."""
@@ -150,9 +155,7 @@ class Storage:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         except OSError as exc:
-            if _disk_full(exc):
-                raise DiskFull("no space left to start an upload") from exc
-            raise
+            _raise_typed(exc, "no space left to start an upload")
         os.close(fd)
 
     def claim(self, path: str) -> PartClaim | None:
@@ -178,10 +181,7 @@ class Storage:
         return PartClaim(path, fd, open_direct(path) if self.direct_io else None)
 
     def remove_part(self, part_name: str) -> None:
-        try:
-            os.unlink(self.layout.part(part_name))
-        except FileNotFoundError:
-            pass
+        _unlink_if_present(self.layout.part(part_name))
 
     def part_names(self) -> list[str]:
         return os.listdir(self.layout.parts)
@@ -194,9 +194,7 @@ class Storage:
         try:
             os.fsync(claim.fd)
         except OSError as exc:
-            if _disk_full(exc):
-                raise DiskFull("no space left to commit the object") from exc
-            raise
+            _raise_typed(exc, "no space left to commit the object")
         target = self.layout.object(disk_name)
         os.rename(claim.path, target)
         claim.path = target
@@ -213,10 +211,7 @@ class Storage:
         os.rename(tmp, self.layout.index_entry(object_id))
 
     def unpublish(self, object_id: str) -> None:
-        try:
-            os.unlink(self.layout.index_entry(object_id))
-        except FileNotFoundError:
-            pass
+        _unlink_if_present(self.layout.index_entry(object_id))
 
     def index_target(self, object_id: str) -> str | None:
         """The objects/ file name index/<object_id> points to, or None."""
@@ -229,10 +224,7 @@ class Storage:
         return os.listdir(self.layout.index)
 
     def remove_index_name(self, name: str) -> None:
-        try:
-            os.unlink(os.path.join(self.layout.index, name))
-        except FileNotFoundError:
-            pass
+        _unlink_if_present(os.path.join(self.layout.index, name))
 
     # -- objects ------------------------------------------------------------------------------
 
@@ -247,10 +239,7 @@ class Storage:
         return os.path.exists(self.layout.object(disk_name))
 
     def remove_object(self, disk_name: str) -> None:
-        try:
-            os.unlink(self.layout.object(disk_name))
-        except FileNotFoundError:
-            pass
+        _unlink_if_present(self.layout.object(disk_name))
 
     def object_names(self) -> list[str]:
         return os.listdir(self.layout.objects)

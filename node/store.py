@@ -27,6 +27,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 from node import names, ranges
 from node.catalog import Catalog, CatalogPool, ObjectRecord, SessionRecord
@@ -41,6 +42,7 @@ from node.streams import DownloadReader, HashCache, UploadStream
 
 log = logging.getLogger("mini_oss.store")
 
+T = TypeVar("T")
 SWEEP_LOCK = ".sweep.lock"
 OPEN_RETRIES = 8
 
@@ -145,23 +147,30 @@ class Store:
             claim.release()
 
     def list_sessions(self, prefix: str, page_size: int, page_token: str) -> tuple[list[SessionRecord], str]:
+        rows, token = self._page(
+            "sessions", prefix, page_size, page_token, key_length=2,
+            fetch=lambda after, n: self.catalog.list_active_sessions(prefix, after, n),
+            key_of=lambda r: (r.object_id, r.upload_id))
+        # Expired-but-not-yet-swept sessions are no longer ACTIVE in the contract's eyes.
+        now = self.now_ms()
+        return [r for r in rows if r.expires_at_ms >= now], token
+
+    def _page(self, listing: str, prefix: str, page_size: int, page_token: str, *, key_length: int,
+              fetch: Callable[[tuple[str, ...] | None, int], list[T]],
+              key_of: Callable[[T], tuple[str, ...]]) -> tuple[list[T], str]:
+        """One page of a listing: the rows after the token's key, and the next page's token
+        ("" on the last page). One row more than the page is fetched to know whether more follow."""
         limit = ranges.page_size(page_size)
         after = None
         if page_token:
-            key = ranges.decode_page_token(self.page_secret(), "sessions", prefix, page_token)
-            if len(key) != 2:
+            after = ranges.decode_page_token(self.page_secret(), listing, prefix, page_token)
+            if len(after) != key_length:
                 raise InvalidPageToken("page_token was not issued for this listing")
-            after = (key[0], key[1])
-        rows = self.catalog.list_active_sessions(prefix, after, limit + 1)
-        now = self.now_ms()
-        more = len(rows) > limit
+        rows = fetch(after, limit + 1)
+        if len(rows) <= limit:
+            return rows, ""
         rows = rows[:limit]
-        token = ""
-        if more and rows:
-            token = ranges.encode_page_token(self.page_secret(), "sessions", prefix,
-                                             (rows[-1].object_id, rows[-1].upload_id))
-        # Expired-but-not-yet-swept sessions are no longer ACTIVE in the contract's eyes.
-        return [r for r in rows if r.expires_at_ms >= now], token
+        return rows, ranges.encode_page_token(self.page_secret(), listing, prefix, key_of(rows[-1]))
 
     def durable_offset(self, upload_id: str) -> int:
         """The checkpointed uploaded_offset of a session, or 0 for an id we do not know."""
@@ -300,19 +309,10 @@ class Store:
         return obj
 
     def list_objects(self, prefix: str, page_size: int, page_token: str) -> tuple[list[ObjectRecord], str]:
-        limit = ranges.page_size(page_size)
-        after = None
-        if page_token:
-            key = ranges.decode_page_token(self.page_secret(), "objects", prefix, page_token)
-            if len(key) != 1:
-                raise InvalidPageToken("page_token was not issued for this listing")
-            after = key[0]
-        rows = self.catalog.list_objects(prefix, after, limit + 1)
-        token = ""
-        if len(rows) > limit:
-            rows = rows[:limit]
-            token = ranges.encode_page_token(self.page_secret(), "objects", prefix, (rows[-1].object_id,))
-        return rows, token
+        return self._page(
+            "objects", prefix, page_size, page_token, key_length=1,
+            fetch=lambda after, n: self.catalog.list_objects(prefix, after[0] if after else None, n),
+            key_of=lambda o: (o.object_id,))
 
     def delete(self, object_id: str, if_generation_match: str) -> None:
         names.validate_object_id(object_id)

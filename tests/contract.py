@@ -274,30 +274,26 @@ def node_info(stub) -> pb.NodeInfo:
     return stub.GetNodeInfo(pb.GetNodeInfoRequest(), timeout=TIMEOUT)
 
 
-def list_all_objects(stub, prefix: str = "", page_size: int = 0) -> list[pb.ObjectInfo]:
-    out, token, pages = [], "", 0
-    while True:
-        resp = stub.ListObjects(pb.ListObjectsRequest(prefix=prefix, page_size=page_size,
-                                                      page_token=token), timeout=TIMEOUT)
-        out.extend(resp.objects)
-        pages += 1
-        assert pages < 10_000
+def _all_pages(fetch: Callable[[str], object], field: str) -> list:
+    """Every entry of a listing: `fetch(token)` returns one page; follow next_page_token."""
+    out, token = [], ""
+    for _ in range(10_000):
+        resp = fetch(token)
+        out.extend(getattr(resp, field))
         token = resp.next_page_token
         if not token:
             return out
+    raise AssertionError("the listing never ended")
+
+
+def list_all_objects(stub, prefix: str = "", page_size: int = 0) -> list[pb.ObjectInfo]:
+    return _all_pages(lambda token: stub.ListObjects(pb.ListObjectsRequest(
+        prefix=prefix, page_size=page_size, page_token=token), timeout=TIMEOUT), "objects")
 
 
 def list_all_sessions(stub, prefix: str = "", page_size: int = 0) -> list[pb.UploadSession]:
-    out, token, pages = [], "", 0
-    while True:
-        resp = stub.ListUploadSessions(pb.ListUploadSessionsRequest(
-            object_id_prefix=prefix, page_size=page_size, page_token=token), timeout=TIMEOUT)
-        out.extend(resp.sessions)
-        pages += 1
-        assert pages < 10_000
-        token = resp.next_page_token
-        if not token:
-            return out
+    return _all_pages(lambda token: stub.ListUploadSessions(pb.ListUploadSessionsRequest(
+        object_id_prefix=prefix, page_size=page_size, page_token=token), timeout=TIMEOUT), "sessions")
 
 
 class Feed:
