@@ -28,10 +28,10 @@ One entry per line, fields separated by white space::
   the prefix; a listing (ListObjects.prefix, ListUploadSessions.object_id_prefix) must ask for a
   prefix that itself starts with it. Anything else is PERMISSION_DENIED/FORBIDDEN.
 * Calls keyed by an upload session (GetUploadSession, AbortUploadSession, Upload) carry no
-  object id: the `upload_id` is a capability. It is 96 random bits, issued only by a
-  CreateUploadSession that passed the prefix check, and listed only to tokens whose prefix
-  covers the session's object id; whoever holds it (with a role high enough for the call) may
-  use it. Do not hand an upload_id to someone who must not write that object.
+  object id, so an upload_id alone must open nothing: the interceptor puts the token's prefix
+  in `node.scope`, and the node checks it against the session's own object id once it has
+  looked the session up (FORBIDDEN otherwise). An upload_id is still worth keeping to oneself:
+  any token whose prefix covers the session may use it.
 
 The file is parsed strictly, once, when a worker starts: any bad line stops the node with a
 reason naming the file and the line number, and never any field of the line (a token may
@@ -67,6 +67,7 @@ import grpc
 
 from node.errors import Forbidden, InvalidToken, MissingToken, OssError
 from node.pb import oss_pb2
+from node.scope import TOKEN_PREFIX
 from node.service import client_of
 from node.status import to_status
 
@@ -108,6 +109,11 @@ PREFIX_FIELDS: dict[str, str] = {
     "CreateUploadSession": "object_id", "Download": "object_id", "StatObject": "object_id",
     "DeleteObject": "object_id", "ListObjects": "prefix", "ListUploadSessions": "object_id_prefix",
 }
+
+
+#: Methods keyed by an upload_id: the session's own object id is checked against the prefix
+#: once the node has looked the session up (node.scope).
+SESSION_METHODS = ("GetUploadSession", "AbortUploadSession", "Upload")
 
 
 class TokenFileError(ValueError):
@@ -285,6 +291,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 raise Forbidden(f"{method} needs a token without a prefix limit")
         except OssError as err:
             return self._refuse(handler, err, method, fingerprint(token) if token else "")
+        if grant.prefix and method in SESSION_METHODS:
+            return self._with_scope(handler, grant)
         field = PREFIX_FIELDS.get(method) if grant.prefix else None
         if field is None:
             return handler
@@ -304,6 +312,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                     final = limited
             log.debug("refused %s from %s: %s %s (token %s)", method, client, final.code,
                       final.reason, f"sha256:{token_id}" if token_id else "none")
+            if method == "Upload":
+                # The contract: every failed Upload names a resume point; a caller that may not
+                # see the session learns none (0).
+                final.with_metadata(uploaded_offset=0)
             self.on_error(final.code)
             await context.abort_with_status(to_status(final))
 
@@ -324,6 +336,22 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return grpc.unary_unary_rpc_method_handler(unary, response_serializer=serializer)
 
     # -- prefix-limited tokens ---------------------------------------------------------------
+
+    @staticmethod
+    def _with_scope(handler: grpc.RpcMethodHandler, grant: Grant) -> grpc.RpcMethodHandler:
+        """The same handler, run with the token's prefix in `node.scope.TOKEN_PREFIX`."""
+        if handler.request_streaming:
+            behaviour = handler.stream_unary
+            make = grpc.stream_unary_rpc_method_handler
+        else:
+            behaviour = handler.unary_unary
+            make = grpc.unary_unary_rpc_method_handler
+
+        async def scoped(request_or_iterator, context):
+            TOKEN_PREFIX.set(grant.prefix)  # this call's task only
+            return await behaviour(request_or_iterator, context)
+        return make(scoped, request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer)
 
     def _with_prefix_check(self, handler: grpc.RpcMethodHandler, method: str, field: str,
                            grant: Grant) -> grpc.RpcMethodHandler:

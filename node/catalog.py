@@ -22,19 +22,22 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import json
 import os
+import secrets
 import sqlite3
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from node.errors import DiskFull, TooManySessions
 from node.session_rules import State
 
 FILE_NAME = "catalog.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 10_000
 LOCKED_RETRY_SECONDS = 60.0
 
@@ -76,7 +79,15 @@ CREATE TABLE IF NOT EXISTS node_facts (
     key   TEXT PRIMARY KEY,
     value BLOB NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS garbage (
+    kind     TEXT NOT NULL,
+    name     TEXT NOT NULL,
+    since_ms INTEGER NOT NULL,
+    PRIMARY KEY (kind, name)
+) WITHOUT ROWID;
 """
+#: Files the catalog has let go of, to free: (kind, name), kind being "parts" or "objects".
+FileRef = tuple[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,10 +154,20 @@ def _object_from_row(row: sqlite3.Row) -> ObjectRecord:
 
 
 def _prefix_upper_bound(prefix: str) -> str | None:
-    """The smallest string above every string that starts with `prefix` (None: no bound)."""
-    if not prefix or ord(prefix[-1]) >= 0x10FFFF:
-        return None
-    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    """The smallest string above every string that starts with `prefix` (None: no bound).
+
+    The last character that can be incremented is; characters after it are dropped (every
+    string starting with "ab\U0010FFFF" is below "ac"). Surrogates are skipped: they cannot be
+    stored, and a bound made of one would fail the query.
+    """
+    while prefix:
+        code = ord(prefix[-1]) + 1
+        if 0xD800 <= code <= 0xDFFF:
+            code = 0xE000
+        if code <= 0x10FFFF:
+            return prefix[:-1] + chr(code)
+        prefix = prefix[:-1]
+    return None
 
 
 def _prefix_range(prefix: str) -> tuple[str, list]:
@@ -156,6 +177,39 @@ def _prefix_range(prefix: str) -> tuple[str, list]:
     if upper is None:
         return "object_id >= ?", [prefix]
     return "object_id >= ? AND object_id < ?", [prefix, upper]
+
+
+class CatalogState(enum.Enum):
+    MISSING = "missing"
+    EMPTY = "empty"       # zero bytes, or a database without our tables
+    DAMAGED = "damaged"   # not a database SQLite can read
+    READY = "ready"
+
+
+def inspect_catalog(data_dir: str) -> tuple[CatalogState, str]:
+    """What the catalog file of `data_dir` is, without creating or changing it."""
+    path = os.path.join(data_dir, FILE_NAME)
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        return CatalogState.MISSING, ""
+    if size == 0:
+        return CatalogState.EMPTY, ""
+    try:
+        db = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=rw", uri=True,
+                             timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not tables:
+                return CatalogState.EMPTY, ""
+            if not {"sessions", "objects", "node_facts"} <= tables:
+                return CatalogState.DAMAGED, "it is not a mini-oss catalog (tables missing)"
+            db.execute("SELECT 1 FROM objects LIMIT 1").fetchall()
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        return CatalogState.DAMAGED, str(exc)
+    return CatalogState.READY, ""
 
 
 class Catalog:
@@ -184,6 +238,20 @@ class Catalog:
                     "INSERT OR IGNORE INTO node_facts VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
                 catalog.db.execute(
                     "INSERT OR IGNORE INTO node_facts VALUES ('page_token_secret', ?)", (os.urandom(32),))
+                catalog.db.execute(
+                    "INSERT OR IGNORE INTO node_facts VALUES ('catalog_id', ?)", (secrets.token_hex(16),))
+                catalog.db.execute(
+                    "UPDATE node_facts SET value = ? WHERE key = 'schema_version' AND value < ?",
+                    (SCHEMA_VERSION, SCHEMA_VERSION))
+        finally:
+            catalog.close()
+
+    @classmethod
+    def prepared_id(cls, data_dir: str) -> str:
+        """The identity of a prepared catalog (data directories remember it: node.datadir)."""
+        catalog = cls(data_dir)
+        try:
+            return catalog.catalog_id()
         finally:
             catalog.close()
 
@@ -242,6 +310,10 @@ class Catalog:
         rows = self._read("SELECT value FROM node_facts WHERE key = 'page_token_secret'")
         return bytes(rows[0][0])
 
+    def catalog_id(self) -> str:
+        rows = self._read("SELECT value FROM node_facts WHERE key = 'catalog_id'")
+        return str(rows[0][0])
+
     # -- sessions -----------------------------------------------------------------------------
 
     def insert_session(self, rec: SessionRecord, max_active: int = 0, max_per_client: int = 0) -> None:
@@ -289,13 +361,16 @@ class Catalog:
             return cur.rowcount == 1
 
     def end_session(self, upload_id: str, state: State, now_ms: int, expires_at_ms: int,
-                    only_if: State = State.ACTIVE) -> bool:
-        """Move a session from `only_if` to an ended state; False if it was not in `only_if`."""
+                    only_if: State = State.ACTIVE, free: Iterable[FileRef] = ()) -> bool:
+        """Move a session from `only_if` to an ended state; False if it was not in `only_if`.
+        The files in `free` become garbage in the same transaction (see `_add_garbage`)."""
         with self.write() as db:
             cur = db.execute(
                 "UPDATE sessions SET state = ?, updated_at_ms = ?, expires_at_ms = ?"
                 " WHERE upload_id = ? AND state = ?",
                 (int(state), now_ms, expires_at_ms, upload_id, int(only_if)))
+            if cur.rowcount == 1:
+                self._add_garbage(db, free, now_ms)
             return cur.rowcount == 1
 
     def list_active_sessions(self, prefix: str, after: tuple[str, str] | None,
@@ -327,6 +402,28 @@ class Catalog:
             f"SELECT {', '.join(_SESSION_COLUMNS)} FROM sessions WHERE expires_at_ms < ? AND state = ?"
             " ORDER BY expires_at_ms LIMIT ?", (now_ms, int(State.ACTIVE), limit))
         return [_session_from_row(r) for r in rows]
+
+    # -- garbage: files to free ----------------------------------------------------------------
+    #
+    # A file the catalog lets go of (the part of an ended session, a replaced or deleted
+    # version) is recorded here in the same transaction that lets go of it. Whoever let go
+    # unlinks it at once; if that process dies first, the sweep finds the record and frees the
+    # file. A name never comes back to life (it contains its upload id), so freeing one found
+    # here is always safe, however late.
+
+    @staticmethod
+    def _add_garbage(db: sqlite3.Connection, files: Iterable[FileRef], now_ms: int) -> None:
+        db.executemany("INSERT OR IGNORE INTO garbage (kind, name, since_ms) VALUES (?, ?, ?)",
+                       [(kind, name, now_ms) for kind, name in files])
+
+    def garbage(self, older_than_ms: int, limit: int = 1000) -> list[FileRef]:
+        rows = self._read("SELECT kind, name FROM garbage WHERE since_ms < ? LIMIT ?",
+                          (older_than_ms, limit))
+        return [(str(kind), str(name)) for kind, name in rows]
+
+    def forget_garbage(self, files: Iterable[FileRef]) -> None:
+        with self.write() as db:
+            db.executemany("DELETE FROM garbage WHERE kind = ? AND name = ?", list(files))
 
     def forget_ended(self, now_ms: int) -> int:
         """Drop ended sessions whose memory period is over; returns how many."""
@@ -382,10 +479,12 @@ class Catalog:
                  int(State.ACTIVE)))
             if cur.rowcount != 1:
                 raise RuntimeError(f"session {upload_id} was not ACTIVE at commit")
+            if current is not None and current.disk_name != obj.disk_name:
+                self._add_garbage(db, [("objects", current.disk_name)], now_ms)
             return current
 
     def delete_object(self, object_id: str, check: Callable[[ObjectRecord | None], None],
-                      unpublish: Callable[[ObjectRecord], None]) -> ObjectRecord:
+                      unpublish: Callable[[ObjectRecord], None], now_ms: int) -> ObjectRecord:
         """Remove the current version of `object_id`; returns it (its bytes are the caller's to free)."""
         with self.write() as db:
             current = self._get_object_in(db, object_id)
@@ -393,6 +492,7 @@ class Catalog:
             assert current is not None  # check() raises for a missing object
             unpublish(current)
             db.execute("DELETE FROM objects WHERE object_id = ?", (object_id,))
+            self._add_garbage(db, [("objects", current.disk_name)], now_ms)
             return current
 
     def drop_object_row(self, object_id: str) -> None:

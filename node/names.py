@@ -63,6 +63,12 @@ def validate_object_id(value: str) -> str:
     return value
 
 
+def is_object_id_prefix(value: str) -> bool:
+    """True if some valid object id starts with `value` (listings of any other prefix are empty)."""
+    return (isinstance(value, str) and len(value) <= MAX_OBJECT_ID_CHARS
+            and _BAD_OBJECT_ID_CHAR.search(value) is None)
+
+
 def validate_file_name(value: str) -> str:
     """Return `value` if it is a valid file name (API.md "Names"), else raise InvalidName."""
     if not isinstance(value, str):

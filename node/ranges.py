@@ -22,8 +22,11 @@ import hmac
 import json
 import re
 import secrets
+from typing import Callable, Sequence, TypeVar
 
 from node.errors import InvalidArgument, InvalidPageToken, InvalidRange
+
+T = TypeVar("T")
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -69,6 +72,17 @@ def page_size(requested: int) -> int:
     if requested == 0:
         return DEFAULT_PAGE_SIZE
     return min(requested, MAX_PAGE_SIZE)
+
+
+def cut_page(rows: Sequence[T], limit: int, max_bytes: int, size_of: Callable[[T], int]) -> int:
+    """How many of `rows` go into a page of at most `limit` rows and `max_bytes` bytes (by
+    `size_of`); at least one, so that a listing always moves forward."""
+    total = 0
+    for count, row in enumerate(rows[:limit]):
+        total += size_of(row)
+        if total > max_bytes and count > 0:
+            return count
+    return min(len(rows), limit)
 
 
 def new_page_token_secret() -> bytes:

@@ -532,11 +532,80 @@ def test_prefix_limited_token(auth_node):
             assert err.value.metadata.get("prefix") == "team-a-", name
         assert admin.stat("team-b-secret").size == 9
 
-        # upload_id is a capability: session calls are not prefix-checked (README: Security)
-        theirs = admin.create_session("team-b-upload", "f", 4)
-        assert team.get_session(theirs.upload_id).object_id == "team-b-upload"
-        admin.abort_session(theirs.upload_id)
         team.delete("team-a-report")
+
+
+def test_an_upload_id_alone_opens_no_session_outside_the_prefix(auth_node):
+    """Trust first, finding 1: a team-a token that learns a team-b upload_id can neither see,
+    abort nor write that session (it used to commit its own bytes into team-b's object)."""
+    with client(auth_node, TEAM_A) as team, client(auth_node, ADMIN) as admin, \
+            auth_node.channel() as channel:
+        theirs = admin.create_session("team-b-pending", "f", 4)
+        stub = admin_stub = oss_pb2_grpc.ObjectStorageStub(channel)
+        bearer = (("authorization", f"Bearer {TEAM_A}"),)
+        calls = {
+            "get": lambda: stub.GetUploadSession(pb.GetUploadSessionRequest(upload_id=theirs.upload_id),
+                                                 metadata=bearer),
+            "abort": lambda: stub.AbortUploadSession(pb.AbortUploadSessionRequest(upload_id=theirs.upload_id),
+                                                     metadata=bearer),
+            "upload": lambda: stub.Upload(iter([pb.UploadChunk(upload_id=theirs.upload_id, offset=0,
+                                                               data=b"evil")]), metadata=bearer),
+        }
+        for name, call in calls.items():
+            err = raw_error(call)
+            assert (err.code, err.reason) == ("PERMISSION_DENIED", "FORBIDDEN"), name
+            assert err.metadata.get("prefix") == "team-a-", name
+        upload_err = raw_error(calls["upload"])
+        assert upload_err.metadata.get("uploaded_offset") == "0"  # not the owner's offset
+        # The session is untouched: still ACTIVE at 0, and its owner finishes it.
+        assert admin.get_session(theirs.upload_id).state == pb.UploadSession.ACTIVE
+        assert admin.get_session(theirs.upload_id).uploaded_offset == 0
+        done = admin_stub.Upload(iter([pb.UploadChunk(upload_id=theirs.upload_id, offset=0, data=b"mine")]),
+                                 metadata=(("authorization", f"Bearer {ADMIN}"),))
+        assert done.object.sha256 == sha(b"mine")
+        # Its own sessions still work by upload_id.
+        mine = team.create_session("team-a-own", "f", 3)
+        assert team.get_session(mine.upload_id).object_id == "team-a-own"
+        team.abort_session(mine.upload_id)
+        admin.delete("team-b-pending")
+
+
+@pytest.mark.parametrize("suffix", ["\U0010FFFF", "\U0010FFFF\U0010FFFF", "\uD7FF", "\uFFFF",
+                                    "\u00ff", "~", "\x7f"])
+def test_listings_with_odd_prefixes_stay_inside_the_token_prefix(auth_node, suffix):
+    """Trust first, finding 1: "team-a-" + U+10FFFF listed every object after it (team-b's
+    included), and "team-a-" + U+D7FF answered INTERNAL. A listing returns exactly the rows
+    that start with its prefix; no object id can start with these, so: nothing."""
+    with client(auth_node, TEAM_A) as team, client(auth_node, ADMIN) as admin:
+        put(admin, "team-b-listed", b"x")
+        put(admin, "team-a-seen", b"y")
+        secret = admin.create_session("team-b-active", "f", 4)
+        try:
+            prefix = "team-a-" + suffix
+            assert [o.object_id for o in team.list_objects(prefix=prefix)] == []
+            assert [s.upload_id for s in team.list_sessions(prefix)] == []
+            assert [o.object_id for o in admin.list_objects(prefix=prefix)] == []
+            assert [s.object_id for s in admin.list_sessions(prefix)] == []
+        finally:
+            admin.abort_session(secret.upload_id)
+            admin.delete("team-b-listed")
+            admin.delete("team-a-seen")
+
+
+def test_an_upload_refused_by_auth_still_names_a_resume_point(auth_node):
+    """API.md: every failed Upload carries uploaded_offset; one refused before the node looked
+    at the session (no token, a bad one, a role too low) carries 0."""
+    with client(auth_node, ADMIN) as admin, auth_node.channel() as channel:
+        s = admin.create_session("refused-upload", "f", 4)
+        stub = oss_pb2_grpc.ObjectStorageStub(channel)
+        for metadata, reason in (((), "MISSING_TOKEN"),
+                                 ((("authorization", f"Bearer {WRONG}"),), "INVALID_TOKEN"),
+                                 ((("authorization", f"Bearer {READER}"),), "FORBIDDEN")):
+            err = raw_error(lambda: stub.Upload(iter([pb.UploadChunk(upload_id=s.upload_id, offset=0,
+                                                                     data=b"data")]), metadata=metadata))
+            assert err.reason == reason
+            assert err.metadata.get("uploaded_offset") == "0", reason
+        admin.abort_session(s.upload_id)
 
 
 def test_cli_with_tokens(auth_node, tmp_path, capsys, monkeypatch):
@@ -722,3 +791,4 @@ def test_byte_rate_paces_uploads_and_downloads(limited_node, tmp_path):
         took = time.monotonic() - started
         assert (tmp_path / "paced.out").read_bytes() == data
         assert took >= 0.9 * (size - burst) / rate, took
+
