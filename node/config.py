@@ -62,6 +62,10 @@ class Settings:
     rate_limit_requests: float = _setting(0.0, "Requests per second per client (token bucket); 0 = off.", minimum=0)
     rate_limit_bytes: int = _setting(0, "Upload and download bytes per second per client; 0 = off.", minimum=0)
     rate_limit_burst: float = _setting(2.0, "Token-bucket depth, in seconds of the rate.", minimum=0.001)
+    # A bench client runs 100 streams from one host over 16 connections: the caps sit well above.
+    max_streams_per_client: int = _setting(1000, "Upload and Download streams one client address may have open per worker; 0 = unlimited.", minimum=0)
+    max_streams_per_connection: int = _setting(256, "Concurrent calls per HTTP/2 connection (grpc.max_concurrent_streams); more wait in the client.", minimum=1)
+    download_stall_timeout: float = _setting(60.0, "Seconds a Download may wait for the client to take a chunk before it is ended (IDLE_TIMEOUT).", minimum=0.001)
     auth_token_file: str = _setting("", "Token file (token -> read/write/admin [prefix]); empty = no auth.")
     tls_cert: str = _setting("", "PEM certificate chain for TLS on the gRPC port; empty = plaintext.")
     tls_key: str = _setting("", "PEM private key for --tls-cert.")

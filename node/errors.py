@@ -132,6 +132,18 @@ class RateLimited(OssError):
     retry_delay = 1.0
 
 
+class TooManyStreams(OssError):
+    """A client has as many Upload and Download streams open on one worker as it may."""
+    code, reason = "RESOURCE_EXHAUSTED", "TOO_MANY_STREAMS"
+    retry_delay = 1.0
+
+
+class TooManyOpenFiles(OssError):
+    """The worker is out of file descriptors (EMFILE/ENFILE): a load peak, not the caller's fault."""
+    code, reason = "RESOURCE_EXHAUSTED", "TOO_MANY_OPEN_FILES"
+    retry_delay = 1.0
+
+
 # UNAUTHENTICATED / PERMISSION_DENIED
 class MissingToken(OssError):
     code, reason = "UNAUTHENTICATED", "MISSING_TOKEN"

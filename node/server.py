@@ -24,7 +24,9 @@ from grpc_reflection.v1alpha import reflection
 from node.auth import AuthInterceptor, load_token_file
 from node.config import Settings, split_host_port
 from node.pb import oss_pb2
+from node.limits import raise_fd_limit
 from node.metrics import LoopForwarder
+from node.one_message import OneMessageInterceptor
 from node.ratelimit import RateLimiter
 from node.service import ObjectStorageServicer, generic_handler
 from node.store import Store
@@ -50,6 +52,9 @@ def grpc_options(settings: Settings) -> list[tuple[str, object]]:
         # streams that buffered 7-9 GB per worker (tools/bench/RESULTS.md). With the default
         # window, flow control pushes back on the clients instead and memory stays flat.
         ("grpc.http2.bdp_probe", 0),
+        # One connection may not open unbounded streams (each can pin a file and chunk
+        # buffers); the client queues calls above this until one ends.
+        ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
     ]
 
 
@@ -113,7 +118,10 @@ class Worker:
         self.servicer = ObjectStorageServicer(self.store, self.pool, workers=workers,
                                               worker_id=worker_id, metrics=metrics,
                                               limiter=limiter)
-        interceptors = []
+        # First: it must see the handler every later interceptor returns (see node.one_message).
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            OneMessageInterceptor(settings.stream_idle_timeout, limiter=limiter,
+                                  on_error=self.servicer.metrics.error)]
         if table is not None:
             log.info("auth: %d tokens from %r (%s)", len(table), settings.auth_token_file,
                      table.summary())
@@ -121,7 +129,7 @@ class Worker:
                                                 on_error=self.servicer.metrics.error))
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(options=grpc_options(settings),
-                                      interceptors=interceptors or None)
+                                      interceptors=interceptors)
         self.server.add_generic_rpc_handlers((generic_handler(self.servicer),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -174,15 +182,28 @@ async def serve(settings: Settings, *, on_ready: Callable[[int], None] | None = 
                 worker_id: int = 0, workers: int = 1, metrics=None) -> int:
     """Serve until SIGTERM, then drain. Escalation (a second signal) is the supervisor's job:
     it kills a worker that does not stop, so a repeated SIGTERM here changes nothing."""
+    soft, hard = raise_fd_limit()  # every stream holds files: take what the hard limit allows
+    log.info("worker %d: file descriptor limit %d (hard %d)", worker_id, soft, hard)
     worker = Worker(settings, worker_id=worker_id, workers=workers, metrics=metrics)
     port = await worker.start()
     stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    grace = settings.grace
+
+    def orphaned() -> None:
+        # The supervisor died (SIGUSR1 from PR_SET_PDEATHSIG, see node.workers.worker): nobody
+        # waits for a graceful end, and a new node may be waiting for the data directory.
+        nonlocal grace
+        grace = 0.0
+        stop.set()
+
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, orphaned)
     if on_ready is not None:
         on_ready(port)
     await stop.wait()
-    log.info("worker %d draining: running streams get %.1f s", worker_id, settings.grace)
-    await worker.drain(settings.grace)
+    log.info("worker %d draining: running streams get %.1f s", worker_id, grace)
+    await worker.drain(grace)
     log.info("worker %d stopped", worker_id)
     return 0
 

@@ -9,18 +9,22 @@ loop keeps receiving other streams while one chunk is hashed and written.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Awaitable, Callable, TypeVar
+from typing import Awaitable, Callable, Iterator, TypeVar
 
 import grpc
 
 from node import __version__
 from node.catalog import ObjectRecord, SessionRecord
-from node.errors import Draining, IdleTimeout, InvalidArgument, OssError
+from node.errors import (Draining, IdleTimeout, InvalidArgument, OssError, TooManyOpenFiles,
+                         TooManyStreams)
+from node.limits import out_of_files
 from node.metrics import NullSlot
 from node.pb import oss_pb2, oss_pb2_grpc
+from node.scope import token_prefix
 from node.status import to_status
 from node.store import NewSession, Store
 from node.streams import UploadStream
@@ -75,6 +79,11 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
         #: request rate; `await pace(client, n)` holds a stream back to the byte rate.
         self.limiter = limiter if limiter is not None else NoLimits()
         self.active_streams = 0
+        #: Open Upload and Download streams per client address, in this worker (the cap is
+        #: `max_streams_per_client`); a client with none has no entry.
+        self.client_streams: dict[str, int] = {}
+        self._fd_warned_at = -1e9
+        self._fd_failures = 0
         #: Checkpoints that cancelled streams queued; drain waits for them.
         self.cleanups: set[asyncio.Future] = set()
 
@@ -86,6 +95,27 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
         self.active_streams -= 1
         self.metrics.set("active_streams", self.active_streams)
 
+    @contextlib.contextmanager
+    def _client_stream(self, client: str) -> Iterator[None]:
+        """Hold one of the client's stream places for the block, or raise TooManyStreams.
+
+        Taken before a stream opens any file, so one client's streams (stalled ones included)
+        cannot take every descriptor and all memory of the worker."""
+        cap = self.store.settings.max_streams_per_client
+        open_now = self.client_streams.get(client, 0)
+        if cap and open_now >= cap:
+            raise TooManyStreams(f"this client has {open_now} Upload/Download streams open on "
+                                 f"this worker, the most it may", max_streams_per_client=cap)
+        self.client_streams[client] = open_now + 1
+        try:
+            yield
+        finally:
+            left = self.client_streams[client] - 1
+            if left:
+                self.client_streams[client] = left
+            else:
+                del self.client_streams[client]
+
     # -- plumbing -----------------------------------------------------------------------------
 
     def _run(self, fn: Callable[..., T], *args) -> asyncio.Future[T]:
@@ -93,12 +123,19 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
         later (the pipelined upload and download loops do; no task is needed around it)."""
         return asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
+    def _admit(self, context: grpc.aio.ServicerContext) -> None:
+        """Refuse a new call while draining or over the client's request rate."""
+        if self.draining:
+            raise Draining("the node is shutting down")
+        self.limiter.admit(client_of(context))
+
     async def _guard(self, context: grpc.aio.ServicerContext, body: Callable[[], Awaitable[T]],
-                     request: object = None) -> T:
+                     request: object = None, *, admit: bool = True) -> T:
+        """Run `body` and answer its errors. `admit=False`: the body calls `_admit` itself
+        (Upload does, once it knows the session whose offset a refusal must carry)."""
         try:
-            if self.draining:
-                raise Draining("the node is shutting down")
-            self.limiter.admit(client_of(context))
+            if admit:
+                self._admit(context)
             if isinstance(request, Malformed):
                 raise InvalidArgument(f"the request could not be decoded ({request.reason})")
             return await body()
@@ -110,11 +147,30 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
             raise
         except grpc.aio.AbortError:
             raise
-        except Exception:
+        except Exception as exc:
+            typed = self._typed(exc)
+            if typed is not None:
+                self.metrics.error(typed.code)
+                await context.abort_with_status(to_status(typed))
             log.exception("internal error in %s", getattr(body, "__qualname__", "handler"))
             self.metrics.error("INTERNAL")
             await context.abort(grpc.StatusCode.INTERNAL, "internal error (a bug): see the node's log")
         raise AssertionError("unreachable")
+
+    def _typed(self, exc: BaseException) -> OssError | None:
+        """The contract error behind an untyped failure that is no bug: the worker out of file
+        descriptors (EMFILE/ENFILE, wherever it surfaced) is a load peak, retryable."""
+        if isinstance(exc, OssError):
+            return exc
+        if out_of_files(exc):
+            self._fd_failures += 1
+            now = time.monotonic()
+            if now - self._fd_warned_at >= 10.0:  # one line per 10 s, not one per call
+                log.warning("out of file descriptors (%d calls refused since the last warning): "
+                            "%s", self._fd_failures, exc)
+                self._fd_warned_at, self._fd_failures = now, 0
+            return TooManyOpenFiles("the node has no file descriptors free for now")
+        return None
 
     # -- sessions -----------------------------------------------------------------------------
 
@@ -132,12 +188,13 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
 
     async def GetUploadSession(self, request, context):
         async def body():
-            return upload_session(await self._run(self.store.get_session, request.upload_id))
+            return upload_session(await self._run(self.store.get_session, request.upload_id,
+                                                  token_prefix()))
         return await self._guard(context, body, request)
 
     async def AbortUploadSession(self, request, context):
         async def body():
-            await self._run(self.store.abort_session, request.upload_id)
+            await self._run(self.store.abort_session, request.upload_id, token_prefix())
             return oss_pb2.AbortUploadSessionResponse()
         return await self._guard(context, body, request)
 
@@ -167,29 +224,56 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
 
         async def body():
             nonlocal upload_id
-            first = await self._next_chunk(context)
+            # The first message names the session, so that a refusal (draining, rate limit)
+            # can carry its durable offset: read it, then admit the call (charged either way).
+            try:
+                first = await self._next_chunk(context)
+            except OssError:
+                self._admit(context)
+                raise
+            if first is not None and first.upload_id:
+                upload_id = first.upload_id
+            self._admit(context)
             if first is None:
                 raise InvalidArgument("the upload stream carried no message")
             if not first.upload_id:
                 raise InvalidArgument("the first message must carry upload_id")
-            upload_id = first.upload_id
-            stream: UploadStream = await self._run(self.store.open_upload, upload_id)
-            self._stream_started()
-            try:
-                return await self._pump(context, stream, first)
-            finally:
-                self._stream_ended()
+            with self._client_stream(client_of(context)):
+                stream: UploadStream = await self._run(self.store.open_upload, upload_id,
+                                                       token_prefix())
+                self._stream_started()
+                try:
+                    return await self._pump(context, stream, first)
+                finally:
+                    self._stream_ended()
 
         async def body_with_offset():
             # API.md: every failed Upload names the durable resume point in its metadata.
             try:
                 return await body()
-            except OssError as err:
+            except Exception as exc:
+                err = self._typed(exc)
+                if err is None:
+                    raise
                 if "uploaded_offset" not in err.metadata:
-                    offset = await self._run(self.store.durable_offset, upload_id) if upload_id else 0
-                    err.with_metadata(uploaded_offset=offset)
+                    err.with_metadata(uploaded_offset=await self._durable_offset(upload_id))
+                if err is exc:
+                    raise
+                raise err from exc
+        return await self._guard(context, body_with_offset, admit=False)
+
+    async def _durable_offset(self, upload_id: str) -> int:
+        """The session's durable offset for an error's metadata; 0 when no session is known,
+        or when it cannot be read for lack of file descriptors (a safe place to resume from:
+        chunks below the real offset are duplicates, accepted and ignored)."""
+        if not upload_id:
+            return 0
+        try:
+            return await self._run(self.store.durable_offset, upload_id)
+        except Exception as exc:
+            if not out_of_files(exc):
                 raise
-        return await self._guard(context, body_with_offset)
+            return 0
 
     async def _pump(self, context, stream: UploadStream, first: UploadChunkView) -> oss_pb2.UploadResponse:
         """Receive chunk N+1 while chunk N is verified, written and hashed in the pool.
@@ -273,21 +357,36 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
         async def body():
             started = time.monotonic()
             end = request.end_offset if request.HasField("end_offset") else None
-            reader = await self._run(self.store.open_download, request.object_id,
-                                     request.start_offset, end, request.chunk_size,
-                                     request.if_generation_match)
-            self._stream_started()
-            try:
-                await self._send(context, reader, started)
-            finally:
-                self._stream_ended()
-                reader.close()
+            with self._client_stream(client_of(context)):
+                reader = await self._run(self.store.open_download, request.object_id,
+                                         request.start_offset, end, request.chunk_size,
+                                         request.if_generation_match)
+                self._stream_started()
+                try:
+                    await self._send(context, reader, started)
+                finally:
+                    self._stream_ended()
+                    reader.close()
         await self._guard(context, body, request)
 
+    async def _write_chunk(self, context, message: bytes) -> None:
+        """Send one download message, or end the stream with IDLE_TIMEOUT when the client
+        takes nothing for `download_stall_timeout` (flow control holds the write back): a
+        stalled client must not pin the open file and the chunk buffers for ever."""
+        stall = self.store.settings.download_stall_timeout
+        try:
+            async with asyncio.timeout(stall):
+                await context.write(message)
+        except TimeoutError:
+            raise IdleTimeout(f"the client took no data for {stall:g} s") from None
+
     async def _send(self, context, reader, started: float) -> None:
+        # Headers on their own first: a status sent while a write is held back by flow control
+        # must not need them again (gRPC refuses a second pending send of initial metadata).
+        await context.send_initial_metadata(())
         info = object_info(reader.object).SerializeToString()
         if reader.start == reader.end:
-            await context.write(encode_download_chunk(reader.start, b"", 0, info))
+            await self._write_chunk(context, encode_download_chunk(reader.start, b"", 0, info))
             self.metrics.observe("download_first_byte_seconds", time.monotonic() - started)
             return
         offset = reader.start
@@ -301,7 +400,7 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
                 pending = self._run(reader.read, following) if following < reader.end else None
                 first = info is not None
                 await self.limiter.pace(client, len(data))
-                await context.write(encode_download_chunk(offset, data, crc, info or b""))
+                await self._write_chunk(context, encode_download_chunk(offset, data, crc, info or b""))
                 info = None
                 if first:
                     self.metrics.observe("download_first_byte_seconds", time.monotonic() - started)
@@ -343,7 +442,10 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
                 stream_idle_timeout_ms=int(s.stream_idle_timeout * 1000),
                 max_sessions=s.max_sessions, max_sessions_per_client=s.max_sessions_per_client,
                 disk_reserve_bytes=s.disk_reserve, rate_limit_requests=s.rate_limit_requests,
-                rate_limit_bytes=s.rate_limit_bytes, auth_required=bool(s.auth_token_file))
+                rate_limit_bytes=s.rate_limit_bytes, auth_required=bool(s.auth_token_file),
+                max_streams_per_client=s.max_streams_per_client,
+                max_streams_per_connection=s.max_streams_per_connection,
+                download_stall_timeout_ms=int(s.download_stall_timeout * 1000))
         return await self._guard(context, body, request)
 
 

@@ -66,3 +66,22 @@ def test_undecodable_download_request_is_invalid_argument(node):
                 list(download(garbage, timeout=10))
             err = from_rpc_error(caught.value)
             assert (err.code, err.reason) == ("INVALID_ARGUMENT", "INVALID_ARGUMENT"), (garbage, err)
+
+
+@pytest.mark.parametrize("method", UNARY + ["GetNodeInfo", "Download"])
+def test_request_stream_with_no_message_is_answered_invalid_argument(node, method):
+    """grpc.aio alone never answers a unary-request call whose stream ends empty (it waits
+    for ever and keeps the call's memory): the node answers it, with ErrorInfo."""
+    path = f"/oss.v1.ObjectStorage/{method}"
+    with node.channel() as channel:
+        for _ in range(3):
+            with pytest.raises(grpc.RpcError) as caught:
+                if method == "Download":
+                    list(channel.stream_stream(path)(iter([]), timeout=10))
+                else:
+                    channel.stream_unary(path)(iter([]), timeout=10)
+            err = from_rpc_error(caught.value)
+            assert (err.code, err.reason) == ("INVALID_ARGUMENT", "INVALID_ARGUMENT"), err
+            assert err.message == "the request stream carried no message"
+    with node.channel() as channel:  # and the node still serves
+        raw_unary(channel, "GetNodeInfo")(b"", timeout=10)

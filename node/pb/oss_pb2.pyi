@@ -220,7 +220,7 @@ class GetNodeInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("version", "default_chunk_size", "max_chunk_size", "max_object_size", "session_ttl_ms", "checksums", "workers", "worker_id", "stream_idle_timeout_ms", "max_sessions", "max_sessions_per_client", "disk_reserve_bytes", "rate_limit_requests", "rate_limit_bytes", "auth_required")
+    __slots__ = ("version", "default_chunk_size", "max_chunk_size", "max_object_size", "session_ttl_ms", "checksums", "workers", "worker_id", "stream_idle_timeout_ms", "max_sessions", "max_sessions_per_client", "disk_reserve_bytes", "rate_limit_requests", "rate_limit_bytes", "auth_required", "max_streams_per_client", "max_streams_per_connection", "download_stall_timeout_ms")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -236,6 +236,9 @@ class NodeInfo(_message.Message):
     RATE_LIMIT_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     RATE_LIMIT_BYTES_FIELD_NUMBER: _ClassVar[int]
     AUTH_REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    MAX_STREAMS_PER_CLIENT_FIELD_NUMBER: _ClassVar[int]
+    MAX_STREAMS_PER_CONNECTION_FIELD_NUMBER: _ClassVar[int]
+    DOWNLOAD_STALL_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     version: str
     default_chunk_size: int
     max_chunk_size: int
@@ -251,4 +254,7 @@ class NodeInfo(_message.Message):
     rate_limit_requests: float
     rate_limit_bytes: int
     auth_required: bool
-    def __init__(self, version: _Optional[str] = ..., default_chunk_size: _Optional[int] = ..., max_chunk_size: _Optional[int] = ..., max_object_size: _Optional[int] = ..., session_ttl_ms: _Optional[int] = ..., checksums: _Optional[_Iterable[str]] = ..., workers: _Optional[int] = ..., worker_id: _Optional[int] = ..., stream_idle_timeout_ms: _Optional[int] = ..., max_sessions: _Optional[int] = ..., max_sessions_per_client: _Optional[int] = ..., disk_reserve_bytes: _Optional[int] = ..., rate_limit_requests: _Optional[float] = ..., rate_limit_bytes: _Optional[int] = ..., auth_required: _Optional[bool] = ...) -> None: ...
+    max_streams_per_client: int
+    max_streams_per_connection: int
+    download_stall_timeout_ms: int
+    def __init__(self, version: _Optional[str] = ..., default_chunk_size: _Optional[int] = ..., max_chunk_size: _Optional[int] = ..., max_object_size: _Optional[int] = ..., session_ttl_ms: _Optional[int] = ..., checksums: _Optional[_Iterable[str]] = ..., workers: _Optional[int] = ..., worker_id: _Optional[int] = ..., stream_idle_timeout_ms: _Optional[int] = ..., max_sessions: _Optional[int] = ..., max_sessions_per_client: _Optional[int] = ..., disk_reserve_bytes: _Optional[int] = ..., rate_limit_requests: _Optional[float] = ..., rate_limit_bytes: _Optional[int] = ..., auth_required: _Optional[bool] = ..., max_streams_per_client: _Optional[int] = ..., max_streams_per_connection: _Optional[int] = ..., download_stall_timeout_ms: _Optional[int] = ...) -> None: ...
