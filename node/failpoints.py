@@ -16,7 +16,8 @@ otherwise repeat forever happens once, as a real one would.
 Points: worker_boot (before a worker serves), chunk_written (after a chunk's pwrite),
 checkpoint_synced (after fdatasync, before the catalog write), commit_renamed (part moved into
 objects/, before the catalog transaction), commit_published (index swapped, before the
-transaction commits).
+transaction commits), commit_recorded (the transaction committed, before the replaced version
+is freed), session_recorded (a new session's row written, before its part file exists).
 """
 
 from __future__ import annotations

@@ -25,6 +25,9 @@ from dataclasses import dataclass
 COUNTERS = (
     "received_bytes", "sent_bytes", "chunks_received", "chunks_sent", "objects_committed",
     "sessions_created", "sessions_committed", "sessions_aborted", "sessions_expired",
+    # CPU seconds of the slot's worker processes, each adding its own from its heartbeat: a
+    # restarted worker adds to what its predecessors used, so the total never goes down.
+    "cpu_seconds",
 )
 GAUGES = ("active_streams", "heartbeat", "pid", "ready", "starts")
 STATUS_CODES = (

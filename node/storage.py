@@ -33,7 +33,7 @@ from typing import NoReturn
 from node.direct_io import DirectAppender, open_direct
 from node.errors import DiskFull, SessionBusy
 
-PARTS, OBJECTS, INDEX = "parts", "objects", "index"
+PARTS, OBJECTS, INDEX, QUARANTINE = "parts", "objects", "index", "quarantine"
 READ_BLOCK = 1 << 20
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
@@ -151,12 +151,16 @@ class Storage:
     # -- parts --------------------------------------------------------------------------------
 
     def create_part(self, part_name: str) -> None:
+        """Create the (empty) part file; one that exists already is left as it is."""
         path = self.layout.part(part_name)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             _raise_typed(exc, "no space left to start an upload")
         os.close(fd)
+
+    def part_exists(self, part_name: str) -> bool:
+        return os.path.exists(self.layout.part(part_name))
 
     def claim(self, path: str) -> PartClaim | None:
         """Open and lock the file at `path`; None if it does not exist; SessionBusy if held."""
@@ -243,6 +247,28 @@ class Storage:
 
     def object_names(self) -> list[str]:
         return os.listdir(self.layout.objects)
+
+    # -- freeing and keeping aside ----------------------------------------------------------
+
+    def free(self, kind: str, name: str) -> None:
+        """Unlink a file the catalog has let go of (kind: PARTS or OBJECTS); gone already is fine."""
+        if kind not in (PARTS, OBJECTS) or os.sep in name or name in ("", ".", ".."):
+            raise ValueError(f"not a file of the layout: {kind}/{name}")
+        _unlink_if_present(os.path.join(self.layout.root, kind, name))
+
+    def quarantine(self, kind: str, name: str) -> str:
+        """Move a file nobody knows about out of the way, to quarantine/<kind>/, and return its
+        new path. Recovery never destroys bytes it cannot account for: an operator decides."""
+        target_dir = os.path.join(self.layout.root, QUARANTINE, kind)
+        os.makedirs(target_dir, exist_ok=True)
+        target = os.path.join(target_dir, name)
+        n = 0
+        while os.path.lexists(target):
+            n += 1
+            target = os.path.join(target_dir, f"{name}.{n}")
+        os.rename(os.path.join(self.layout.root, kind, name), target)
+        self.fsync_dir(target_dir)
+        return target
 
     # -- helpers ------------------------------------------------------------------------------
 

@@ -6,8 +6,9 @@ worker's thread pool; nothing here knows about gRPC.
 
 Ordering rules that keep objects whole across crashes of any process:
 
-* create:  part file first, then the session row (a crash in between leaves an orphan part
-           that recovery removes).
+* create:  the session row first, then its empty part file. A crash in between leaves an
+           ACTIVE session at offset 0 without a part, which its first claim creates; never a
+           part that no row accounts for.
 * write:   pwrite, hash; nothing else per chunk. A checkpoint is fdatasync, then one catalog
            write of `uploaded_offset`: the catalog never claims bytes the disk may not have.
 * commit:  fsync + rename into objects/ + fsync objects/ (outside the catalog lock); then one
@@ -15,6 +16,13 @@ Ordering rules that keep objects whole across crashes of any process:
            object and the session as COMMITTED; then the replaced version's file is unlinked.
            A crash before the transaction leaves the file in objects/ with an ACTIVE session:
            the next claim (or recovery) moves it back to parts/ and the upload can finish.
+* free:    a file the catalog lets go of (an ended session's part, a replaced or deleted
+           version) is recorded as garbage in the transaction that lets go of it, then
+           unlinked; the sweep frees what a crash left in between. Nothing is ever unlinked
+           because the catalog merely does not know it: recovery puts such files in
+           quarantine/.
+* scope:   a token limited to a prefix reaches a session only if the session's object id
+           starts with that prefix (the `scope` argument): an upload_id alone opens nothing.
 * readers: read the object row, then open objects/<disk_name> by name; a download holds its
            file descriptor, so a version replaced mid-download stays readable to it.
 """
@@ -29,15 +37,16 @@ import time
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
-from node import names, ranges
-from node.catalog import Catalog, CatalogPool, ObjectRecord, SessionRecord
+from node import failpoints, names, ranges
+from node.catalog import CatalogPool, ObjectRecord, SessionRecord
 from node.config import Settings
-from node.errors import (DiskFull, GenerationMismatch, InvalidArgument, InvalidPageToken,
-                         ObjectNotFound, OssError, SessionNotFound, TooLarge)
+from node.errors import (DiskFull, Forbidden, GenerationMismatch, InvalidArgument,
+                         InvalidPageToken, ObjectNotFound, SessionBusy, SessionNotFound,
+                         TooLarge)
 from node.metrics import NullSlot
 from node.session_rules import (State, advise_chunk_size, check_preconditions, normalize_sha256,
                                 transition, upload_disposition)
-from node.storage import PartClaim, Storage
+from node.storage import OBJECTS, PARTS, PartClaim, Storage
 from node.streams import DownloadReader, HashCache, UploadStream
 
 log = logging.getLogger("mini_oss.store")
@@ -45,6 +54,10 @@ log = logging.getLogger("mini_oss.store")
 T = TypeVar("T")
 SWEEP_LOCK = ".sweep.lock"
 OPEN_RETRIES = 8
+#: A listing page is cut to this many bytes of records as well as to page_size, so that a page
+#: of objects with large metadata still fits a stock client's 4 MiB message limit.
+PAGE_BYTES = 2 * 1024 * 1024
+GARBAGE_BATCH = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,22 +131,26 @@ class Store:
             state=State.ACTIVE, content_type=content_type, metadata=metadata,
             if_absent=req.if_absent, if_generation_match=req.if_generation_match,
             client=req.client, created_at_ms=now, updated_at_ms=now, expires_at_ms=now + self.ttl_ms)
-        self.storage.create_part(self.part_name(rec))
+        self.catalog.insert_session(rec, self.settings.max_sessions, self.settings.max_sessions_per_client)
+        failpoints.hit("session_recorded")
         try:
-            self.catalog.insert_session(rec, self.settings.max_sessions, self.settings.max_sessions_per_client)
+            self.storage.create_part(self.part_name(rec))
         except BaseException:
-            self.storage.remove_part(self.part_name(rec))
+            # The caller never learns this upload_id: end the session it cannot use.
+            self.catalog.end_session(rec.upload_id, State.ABORTED, now, now + self.ttl_ms,
+                                     free=[(PARTS, self.part_name(rec))])
+            self.storage.free(PARTS, self.part_name(rec))
             raise
         return rec
 
-    def get_session(self, upload_id: str) -> SessionRecord:
-        rec = self._lookup(upload_id)
+    def get_session(self, upload_id: str, scope: str = "") -> SessionRecord:
+        rec = self._lookup(upload_id, scope)
         if rec.state is State.ACTIVE and rec.expires_at_ms < self.now_ms():
             rec = self._expire(rec)
         return rec
 
-    def abort_session(self, upload_id: str) -> None:
-        rec = self.get_session(upload_id)
+    def abort_session(self, upload_id: str, scope: str = "") -> None:
+        rec = self.get_session(upload_id, scope)
         if rec.state is not State.ACTIVE:
             transition(rec.state, "abort")  # ABORTED: OK again; COMMITTED: SessionCommitted
             return
@@ -150,26 +167,35 @@ class Store:
         rows, token = self._page(
             "sessions", prefix, page_size, page_token, key_length=2,
             fetch=lambda after, n: self.catalog.list_active_sessions(prefix, after, n),
-            key_of=lambda r: (r.object_id, r.upload_id))
+            key_of=lambda r: (r.object_id, r.upload_id), size_of=_session_bytes)
         # Expired-but-not-yet-swept sessions are no longer ACTIVE in the contract's eyes.
         now = self.now_ms()
         return [r for r in rows if r.expires_at_ms >= now], token
 
     def _page(self, listing: str, prefix: str, page_size: int, page_token: str, *, key_length: int,
               fetch: Callable[[tuple[str, ...] | None, int], list[T]],
-              key_of: Callable[[T], tuple[str, ...]]) -> tuple[list[T], str]:
+              key_of: Callable[[T], tuple[str, ...]],
+              size_of: Callable[[T], int]) -> tuple[list[T], str]:
         """One page of a listing: the rows after the token's key, and the next page's token
-        ("" on the last page). One row more than the page is fetched to know whether more follow."""
+        ("" on the last page). One row more than the page is fetched to know whether more follow.
+        A page ends at `page_size` rows or at PAGE_BYTES of rows, whichever comes first.
+
+        Only rows that start with `prefix` are ever returned: a prefix no object id can start
+        with (a character outside the object-id alphabet) lists nothing.
+        """
         limit = ranges.page_size(page_size)
         after = None
         if page_token:
             after = ranges.decode_page_token(self.page_secret(), listing, prefix, page_token)
             if len(after) != key_length:
                 raise InvalidPageToken("page_token was not issued for this listing")
+        if not names.is_object_id_prefix(prefix):
+            return [], ""
         rows = fetch(after, limit + 1)
-        if len(rows) <= limit:
+        cut = ranges.cut_page(rows, limit, PAGE_BYTES, size_of)
+        if cut == len(rows):
             return rows, ""
-        rows = rows[:limit]
+        rows = rows[:cut]
         return rows, ranges.encode_page_token(self.page_secret(), listing, prefix, key_of(rows[-1]))
 
     def durable_offset(self, upload_id: str) -> int:
@@ -177,12 +203,16 @@ class Store:
         rec = self.catalog.get_session(upload_id) if names.is_upload_id(upload_id) else None
         return rec.uploaded_offset if rec is not None else 0
 
-    def _lookup(self, upload_id: str) -> SessionRecord:
+    def _lookup(self, upload_id: str, scope: str = "") -> SessionRecord:
         if not names.is_upload_id(upload_id):
             raise SessionNotFound(f"no upload session {upload_id!r}")
         rec = self.catalog.get_session(upload_id)
         if rec is None or (rec.state is not State.ACTIVE and rec.expires_at_ms < self.now_ms()):
             raise SessionNotFound(f"no upload session {upload_id!r}")
+        if not rec.object_id.startswith(scope):
+            # The durable offset is the session owner's business, not this caller's.
+            raise Forbidden(f"this token is limited to object ids starting with {scope!r}",
+                            prefix=scope, uploaded_offset=0)
         return rec
 
     def part_name(self, rec: SessionRecord) -> str:
@@ -192,21 +222,28 @@ class Store:
         return names.object_file_name(rec.object_id, rec.file_name, rec.upload_id)
 
     def end_session(self, rec: SessionRecord, event: str) -> SessionRecord:
-        """End an ACTIVE session whose part we hold (abort, expire, failed commit); free its bytes."""
+        """End an ACTIVE session whose part we hold (abort, expire, failed commit); free its bytes.
+
+        The catalog ends it first (recording the part as garbage), then the part goes: a
+        claimer that finds the part gone finds the session ended, never a live session without
+        its bytes."""
         state = transition(rec.state, event)
         now = self.now_ms()
-        self.catalog.end_session(rec.upload_id, state, now, now + self.ttl_ms)
-        self.storage.remove_part(self.part_name(rec))
+        part = self.part_name(rec)
+        if self.catalog.end_session(rec.upload_id, state, now, now + self.ttl_ms, free=[(PARTS, part)]):
+            self.storage.free(PARTS, part)
+            self.events.add("sessions_expired" if event == "expire" else "sessions_aborted")
         self.hashes.drop(rec.upload_id)
-        self.events.add("sessions_expired" if event == "expire" else "sessions_aborted")
         return rec.replace(state=state, updated_at_ms=now, expires_at_ms=now + self.ttl_ms)
 
     def _expire(self, rec: SessionRecord) -> SessionRecord:
         """Expire an idle ACTIVE session, unless a stream holds it (then it is not idle)."""
         try:
             claim, rec = self._claim(rec)
-        except OssError:  # busy: somebody is writing to it
-            return rec
+        except SessionBusy:
+            # A stream holds it, so it is not idle: it cannot expire before that stream has
+            # been silent for the idle timeout and the session for a whole TTL after that.
+            return rec.replace(expires_at_ms=max(rec.expires_at_ms, self.now_ms() + self.ttl_ms))
         if claim is None:
             return rec
         try:
@@ -231,7 +268,7 @@ class Store:
                 fresh = self.catalog.get_session(rec.upload_id)
                 if fresh is None or fresh.state is not State.ACTIVE:
                     return None, fresh or rec
-                self._reclaim_promoted(fresh)
+                self._find_part(fresh)
                 rec = fresh
                 continue
             fresh = self.catalog.get_session(rec.upload_id)
@@ -249,14 +286,30 @@ class Store:
             return claim, fresh
         raise RuntimeError(f"could not claim session {rec.upload_id}")
 
-    def _reclaim_promoted(self, rec: SessionRecord) -> None:
-        """An ACTIVE session without a part file: a commit was cut short, or the part was lost."""
+    def _find_part(self, rec: SessionRecord) -> None:
+        """An ACTIVE session without a part file: a commit was cut short (move it back), the
+        session was created but its part not yet (create it), or the part was lost.
+
+        `uploaded_offset` never goes down: a session whose durable bytes are gone is ended
+        (ABORTED), not restarted from 0 under its client's feet.
+        """
         disk_name = self.disk_name(rec)
         promoted = self.storage.claim(self.storage.layout.object(disk_name))  # SessionBusy if mid-commit
         if promoted is None:
-            log.error("session %s lost its part file: restarting it from 0", rec.upload_id)
-            self.storage.create_part(self.part_name(rec))
-            self.catalog.reset_session_offset(rec.upload_id, 0)
+            part = self.part_name(rec)
+            if self.storage.part_exists(part):
+                return  # a failed commit has just moved it back: claim it again
+            if rec.uploaded_offset == 0:
+                self.storage.create_part(part)
+                fresh = self.catalog.get_session(rec.upload_id)
+                if fresh is None or fresh.state is not State.ACTIVE:
+                    self.storage.free(PARTS, part)  # it ended meanwhile: leave no part behind
+                return
+            log.error("session %s lost its part file holding %d durable bytes: ending it",
+                      rec.upload_id, rec.uploaded_offset)
+            now = self.now_ms()
+            if self.catalog.end_session(rec.upload_id, State.ABORTED, now, now + self.ttl_ms):
+                self.events.add("sessions_aborted")
             return
         try:
             fresh = self.catalog.get_session(rec.upload_id)
@@ -280,8 +333,8 @@ class Store:
 
     # -- uploads ------------------------------------------------------------------------------
 
-    def open_upload(self, upload_id: str) -> UploadStream:
-        rec = self._lookup(upload_id)
+    def open_upload(self, upload_id: str, scope: str = "") -> UploadStream:
+        rec = self._lookup(upload_id, scope)
         if rec.state is State.ACTIVE and rec.expires_at_ms < self.now_ms():
             rec = self._expire(rec)
         if upload_disposition(rec.state) == "replay":
@@ -312,7 +365,7 @@ class Store:
         return self._page(
             "objects", prefix, page_size, page_token, key_length=1,
             fetch=lambda after, n: self.catalog.list_objects(prefix, after[0] if after else None, n),
-            key_of=lambda o: (o.object_id,))
+            key_of=lambda o: (o.object_id,), size_of=_object_bytes)
 
     def delete(self, object_id: str, if_generation_match: str) -> None:
         names.validate_object_id(object_id)
@@ -323,9 +376,10 @@ class Store:
             check_preconditions(current.generation, False, if_generation_match)
 
         removed = self.catalog.delete_object(object_id, check,
-                                             lambda obj: self.storage.unpublish(obj.object_id))
+                                             lambda obj: self.storage.unpublish(obj.object_id),
+                                             self.now_ms())
         self.storage.fsync_dir(self.storage.layout.index)
-        self.storage.remove_object(removed.disk_name)
+        self.storage.free(OBJECTS, removed.disk_name)
 
     def open_download(self, object_id: str, start_offset: int, end_offset: int | None,
                       chunk_size: int, if_generation_match: str) -> DownloadReader:
@@ -348,7 +402,8 @@ class Store:
     # -- housekeeping -------------------------------------------------------------------------
 
     def sweep(self) -> int:
-        """Expire idle sessions and forget old ended ones; one process at a time does it."""
+        """Expire idle sessions, free recorded garbage, forget old ended sessions; one process
+        at a time does it."""
         lock_path = os.path.join(self.storage.layout.root, SWEEP_LOCK)
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
@@ -360,10 +415,24 @@ class Store:
             for rec in self.catalog.expired_active(self.now_ms()):
                 if self._expire(rec).state is State.ABORTED:
                     expired += 1
+            self.free_garbage()
             self.catalog.forget_ended(self.now_ms())
             return expired
         finally:
             os.close(fd)
+
+    def free_garbage(self) -> int:
+        """Unlink the files the catalog let go of that their process did not (it died first)."""
+        freed = 0
+        while True:
+            batch = self.catalog.garbage(self.now_ms() + 1, GARBAGE_BATCH)
+            for kind, name in batch:
+                self.storage.free(kind, name)
+            if batch:
+                self.catalog.forget_garbage(batch)
+            freed += len(batch)
+            if len(batch) < GARBAGE_BATCH:
+                return freed
 
     def recover(self) -> dict[str, int]:
         """Bring disk and catalog into agreement after a crash. Run before serving, alone."""
@@ -390,30 +459,63 @@ class Store:
             if name not in known_objects:
                 self.storage.remove_index_name(name)
                 report["index_removed"] += 1
+        report["garbage_freed"] = self.free_garbage()
         live_parts = {self.part_name(r) for r in active}
         for name in self.storage.part_names():
             if name not in live_parts:
-                self.storage.remove_part(name)
-                report["orphan_parts"] += 1
+                self._set_aside(PARTS, name, report)
         live_objects = {o.disk_name for o in self.catalog.all_objects()}
         for name in self.storage.object_names():
             if name not in live_objects:
-                self.storage.remove_object(name)
-                report["orphan_objects"] += 1
+                self._set_aside(OBJECTS, name, report)
         for path in (self.storage.layout.index, self.storage.layout.parts, self.storage.layout.objects):
             self.storage.fsync_dir(path)
         report["expired"] = self.sweep()
         return dict(report)
 
+    def _set_aside(self, kind: str, name: str, report: collections.Counter) -> None:
+        """A file no catalog row accounts for: an empty part (a create cut short by an older
+        version) is removed; anything holding bytes goes to quarantine/ for an operator."""
+        path = os.path.join(self.storage.layout.root, kind, name)
+        try:
+            empty = kind == PARTS and os.lstat(path).st_size == 0
+        except FileNotFoundError:
+            return
+        if empty:
+            self.storage.free(kind, name)
+            report["empty_parts_removed"] += 1
+            return
+        target = self.storage.quarantine(kind, name)
+        log.warning("%s/%s is unknown to the catalog: moved to %s", kind, name, target)
+        report[f"quarantined_{kind}"] += 1
+
 
 def prepare_data_dir(settings: Settings) -> dict[str, int]:
-    """Create the layout and the catalog, and repair what a crash left.
+    """Check the catalog is this data directory's own, create the layout, and repair what a
+    crash left. Raises `node.datadir.DataDirError` (one line, with the repair command) for a
+    catalog that is missing, empty, damaged or another directory's while objects live here.
 
-    Run once, alone, before any worker serves (the supervisor does it).
+    Run once, alone (holding the data directory's lock), before any worker serves.
     """
+    from node.datadir import check_catalog
+
+    os.makedirs(settings.data_dir, exist_ok=True)
+    check_catalog(settings.data_dir, log)
     store = Store(settings)
     try:
-        Catalog.prepare(settings.data_dir)
         return store.recover()
     finally:
         store.close()
+
+
+def _object_bytes(obj: ObjectRecord) -> int:
+    """An upper bound of the record's size as an ObjectInfo on the wire."""
+    metadata = sum(len(k.encode()) + len(v.encode()) + 16 for k, v in obj.metadata.items())
+    return (len(obj.object_id) + len(obj.file_name.encode()) + len(obj.sha256)
+            + len(obj.content_type.encode()) + len(obj.generation) + metadata + 64)
+
+
+def _session_bytes(rec: SessionRecord) -> int:
+    """An upper bound of the record's size as an UploadSession on the wire."""
+    return (len(rec.upload_id) + len(rec.object_id) + len(rec.file_name.encode())
+            + len(rec.sha256) + 64)

@@ -27,7 +27,7 @@ from node.errors import (ChecksumMismatch, ChunkTooLarge, GenerationMismatch, Ob
                          SessionNotFound, Sha256Mismatch)
 from node.session_rules import (State, check_preconditions, is_complete, merge_expected_sha256,
                                 plan_chunk, transition)
-from node.storage import PartClaim
+from node.storage import OBJECTS, PartClaim
 
 if TYPE_CHECKING:
     from node.store import Store
@@ -174,7 +174,11 @@ class UploadStream:
         if self.committed is None:
             if self.claim.size() > self.offset:  # a write that failed half-way
                 self.claim.truncate(self.offset)
-            if self.offset != self.durable_offset or self.sha256 != self._durable_sha256:
+            # Even with no new bytes, the session's idle clock restarts when its stream ends
+            # (at checkpoint granularity), so a live session is never shown as long expired.
+            stale = self.rec.expires_at_ms < (self.store.now_ms() + self.store.ttl_ms
+                                              - int(self.store.settings.checkpoint_interval * 1000))
+            if self.offset != self.durable_offset or self.sha256 != self._durable_sha256 or stale:
                 self._checkpoint()
             if self._hasher is not None:
                 self.store.hashes.put(self.upload_id, self.offset, self._hasher)
@@ -183,11 +187,12 @@ class UploadStream:
 
     def _checkpoint(self) -> None:
         assert self.claim is not None
-        self.claim.sync()
-        if self.durable_offset == 0:
-            # The part's directory entry becomes durable with its first bytes, not at create:
-            # abandoned sessions and single-stream objects never pay for it.
-            self.store.storage.fsync_dir(self.store.storage.layout.parts)
+        if self.offset != self.durable_offset:  # (else only the catalog's clock moves)
+            self.claim.sync()
+            if self.durable_offset == 0:
+                # The part's directory entry becomes durable with its first bytes, not at
+                # create: abandoned sessions and single-stream objects never pay for it.
+                self.store.storage.fsync_dir(self.store.storage.layout.parts)
         failpoints.hit("checkpoint_synced")
         now = self.store.now_ms()
         expires = now + self.store.ttl_ms
@@ -230,11 +235,15 @@ class UploadStream:
             replaced = store.catalog.commit_object(rec.upload_id, obj, now, now + store.ttl_ms,
                                                    check, publish)
         except (ObjectExists, GenerationMismatch):
-            store.storage.remove_object(disk_name)
+            # Still holding the claim: end the session (its promoted file becomes garbage in
+            # the same transaction), then free the file, then let go. A claimer that comes
+            # after the release finds an ended session, never an ACTIVE one without bytes.
+            state = transition(rec.state, "fail_commit")
+            store.catalog.end_session(rec.upload_id, state, now, now + store.ttl_ms,
+                                      free=[(OBJECTS, disk_name)])
+            store.storage.free(OBJECTS, disk_name)
             self.claim.release()
             self.claim = None
-            state = transition(rec.state, "fail_commit")
-            store.catalog.end_session(rec.upload_id, state, now, now + store.ttl_ms)
             store.hashes.drop(rec.upload_id)
             store.events.add("sessions_aborted")
             self.committed = None
@@ -245,6 +254,7 @@ class UploadStream:
             store.storage.demote(disk_name, store.part_name(rec))
             self.claim.path = store.storage.layout.part(store.part_name(rec))
             raise
+        failpoints.hit("commit_recorded")
         store.storage.fsync_dir(store.storage.layout.index)
         if replaced is not None and replaced.disk_name != disk_name:
             # Freed at once (API.md). A reader that already opened it keeps reading it.

@@ -317,3 +317,44 @@ def test_catalog_holds_100_concurrent_creates_and_commits_from_all_workers(node2
     finally:
         for channel in channels:
             channel.close()
+
+
+def test_worker_cpu_counter_never_goes_down_across_a_restart(node_factory):
+    """mini_oss_worker_cpu_seconds_total is a counter: after kill -9 of a worker that burned
+    CPU, its replacement starts from what the slot already counted, not from zero."""
+    node = node_factory(workers=2, metrics_listen="127.0.0.1:0")
+    key = 'mini_oss_worker_cpu_seconds_total{worker="0"}'
+    ch0, stub0 = channel_on_worker(node.addr, 0)
+    data = os.urandom(4 * 1024 * 1024)
+    deadline = time.monotonic() + 120
+    round_trips = 0
+    # Burn CPU in worker 0 until its counter is well above what a fresh worker uses to boot.
+    while scrape(node.metrics_url)[key] < 4.0:
+        assert time.monotonic() < deadline, "worker 0 did not reach 4 s of CPU"
+        s = stub0.CreateUploadSession(pb.CreateUploadSessionRequest(
+            object_id="burn", file_name="burn.bin", file_size=len(data)))
+        stub0.Upload(iter([chunk(s.upload_id, o, data[o:o + CHUNK])
+                           for o in range(0, len(data), CHUNK)]))
+        assert sum(len(c.data) for c in stub0.Download(pb.DownloadRequest(object_id="burn"))) == len(data)
+        round_trips += 1
+    ch0.close()
+    time.sleep(1.5)  # at least one more heartbeat: the last uploads are counted
+    before = scrape(node.metrics_url)
+    other_before = before['mini_oss_worker_cpu_seconds_total{worker="1"}']
+
+    old_pid = node.worker_pids()[0]
+    os.kill(old_pid, signal.SIGKILL)
+    wait_until(lambda: node.worker_pids().get(0, old_pid) != old_pid, 30,
+               what="worker 0 to be restarted and serving")
+    seen = [before[key]]
+    for _ in range(3):
+        after = scrape(node.metrics_url)
+        seen.append(after[key])
+        assert after['mini_oss_worker_cpu_seconds_total{worker="1"}'] >= other_before
+        time.sleep(1.1)
+    assert seen == sorted(seen), f"worker 0's CPU counter went down: {seen}"
+    ch0, stub0 = channel_on_worker(node.addr, 0)  # the new worker 0 serves and keeps counting
+    stub0.GetNodeInfo(pb.GetNodeInfoRequest())
+    ch0.close()
+    wait_until(lambda: scrape(node.metrics_url)[key] > seen[-1], 10,
+               what="the new worker 0 to add its own CPU")

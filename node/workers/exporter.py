@@ -1,7 +1,8 @@
 """/metrics: the workers' shared counters and their processes, as Prometheus text.
 
 A custom collector (prometheus_client writes the format) reads every worker's slot at scrape
-time and merges them; per-worker CPU, RSS and open files come from psutil. Runs in the
+time and merges them; per-worker RSS and open files come from psutil, per-worker CPU from the
+slots (each worker adds its own CPU time there, so the counter survives restarts). Runs in the
 supervisor, in prometheus_client's own HTTP thread.
 """
 
@@ -85,8 +86,15 @@ class NodeCollector:
             yield family
 
     def _processes_metrics(self):
-        cpu = CounterMetricFamily(f"{PREFIX}_worker_cpu_seconds", "CPU time of each worker process.",
-                                  labels=["worker"])
+        # CPU comes from the slots, not from psutil: a slot adds up every process that held it
+        # (each adds its own time from its heartbeat), so a restart never lowers the counter.
+        cpu = CounterMetricFamily(f"{PREFIX}_worker_cpu_seconds",
+                                  "CPU time of each worker slot, over all its processes so far "
+                                  "(updated every second).", labels=["worker"])
+        for worker_id in range(self.block.slots):
+            slot = self.block.slot(worker_id)
+            if slot.get("starts"):
+                cpu.add_metric([str(worker_id)], slot.get("cpu_seconds"))
         rss = GaugeMetricFamily(f"{PREFIX}_worker_rss_bytes", "Resident memory of each worker.",
                                 labels=["worker"])
         fds = GaugeMetricFamily(f"{PREFIX}_worker_open_fds", "Open file descriptors of each worker.",
@@ -100,9 +108,7 @@ class NodeCollector:
                     continue
             try:
                 with process.oneshot():
-                    times = process.cpu_times()
                     label = [str(worker_id)]
-                    cpu.add_metric(label, times.user + times.system)
                     rss.add_metric(label, process.memory_info().rss)
                     fds.add_metric(label, process.num_fds())
             except psutil.Error:

@@ -3,8 +3,10 @@
 It imports no gRPC (gRPC must not be initialised in a process that forks, and the supervisor
 needs none). Its life:
 
-1. Prepare the data directory once (catalog schema and WAL switch, crash recovery) so the
-   workers never race to do it.
+1. Take the data directory's lock (node.datadir: one node per data directory; a second
+   `serve` is refused at once, naming the holder), then prepare it once (check that the catalog
+   is the directory's own, schema and WAL switch, crash recovery) so the workers never race to
+   do it. Each worker inherits the lock, so it stays held until the node's last process exits.
 2. Reserve the port: bind a SO_REUSEPORT socket that never listens. Port 0 becomes a real
    port here, and every worker binds that same port with `grpc.so_reuseport`; the kernel
    spreads connections over the listening workers.
@@ -31,7 +33,9 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
+from node import datadir
 from node.config import Settings, split_host_port
+from node.limits import raise_fd_limit
 from node.metrics import MetricsBlock
 from node.store import prepare_data_dir
 from node.workers.worker import worker_main
@@ -95,6 +99,7 @@ class Supervisor:
         self.port = 0
         self.announced = False
         self.draining = False
+        self.lock: datadir.DataDirLock | None = None
 
     # -- signals: handlers only queue -----------------------------------------------------------
 
@@ -109,11 +114,16 @@ class Supervisor:
 
     def run(self) -> int:
         self._install_signals()
+        raise_fd_limit()
         try:
+            self.lock = datadir.acquire(self.settings.data_dir, f"mini-oss serve --listen "
+                                        f"{self.settings.listen}", log=log)
             report = prepare_data_dir(self.settings)
             reservation = reserve_port(self.settings.listen)
-        except OSError as exc:
+        except (OSError, datadir.DataDirError) as exc:
             print(f"mini-oss: error: cannot start: {exc}", file=sys.stderr, flush=True)
+            if self.lock is not None:
+                self.lock.release()
             return 1
         if any(report.values()):
             log.info("recovery: %s", report)
@@ -152,7 +162,7 @@ class Supervisor:
         process = self.ctx.Process(
             target=worker_main, name=f"mini-oss-worker-{handle.worker_id}",
             args=(self.settings, handle.worker_id, self.count,
-                  self.metrics.path if self.metrics else None, sender))
+                  self.metrics.path if self.metrics else None, sender, self.lock))
         process.start()
         sender.close()
         handle.process, handle.conn = process, receiver
