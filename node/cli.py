@@ -2,7 +2,12 @@
 
 `serve` builds the settings (defaults < `--config FILE` < `MINI_OSS_*` environment < flags the
 user gave) and hands them to `node.server.run`, imported only there so the client commands never
-load the server. `put`, `get`, `stat`, `ls` and `rm` are thin shells over `node.client.Client`.
+load the server. `put`, `get`, `stat`, `ls` and `rm` are thin shells over `node.client.Client`;
+`fsck` over `node.fsck` (it reads the data directory, and rebuilds its catalog on request).
+
+`get` without `-o` (or with `-o DIR`) takes the file name from the node, so it trusts none of
+it: `safe_file_name` keeps a plain base name (no directories, control characters or leading
+dots), and an existing file is never replaced unless `--force`.
 
 Client commands take `--token` (or `--token-file`, `$MINI_OSS_TOKEN`, `$MINI_OSS_TOKEN_FILE`:
 these keep the token out of the process list) and `--tls`, `--tls-ca`, `--tls-server-name`.
@@ -57,6 +62,37 @@ def derive_object_id(file_name: str) -> str:
     if not name:
         raise ValueError(f"cannot make an object id from {file_name!r}: pass --object-id")
     return name
+
+
+def safe_file_name(name: str, fallback: str = "") -> str:
+    """A name `get` may create in a directory on its own, from a file name the node sent.
+
+    The node's word is not trusted: only the last component survives (after '/' and '\\'),
+    control, format and separator characters (NUL, newline, ESC, bidi overrides...) become '_',
+    leading dots go (never a dot-file: '.bashrc' -> 'bashrc'), and the result fits in 255
+    bytes of UTF-8, the extension kept where it can be. What is left empty ('', '.', '..')
+    becomes `fallback` made safe the same way (the object id), else 'download'.
+    """
+    from node.names import MAX_NAME_BYTES, utf8_prefix
+
+    for candidate in (name, fallback):
+        if not isinstance(candidate, str):
+            continue
+        base = re.split(r"[/\\]", candidate)[-1]
+        base = "".join("_" if unicodedata.category(c) in _UNSAFE_CATEGORIES else c for c in base)
+        base = base.lstrip(".")
+        if len(base.encode("utf-8")) > MAX_NAME_BYTES:
+            stem, ext = os.path.splitext(base)
+            if ext and len(ext.encode("utf-8")) <= 16:
+                base = utf8_prefix(stem, MAX_NAME_BYTES - len(ext.encode("utf-8"))) + ext
+            else:
+                base = utf8_prefix(base, MAX_NAME_BYTES)
+        if base.strip():
+            return base
+    return "download"
+
+
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 
 def parse_range(text: str) -> tuple[int, int | None]:
@@ -142,28 +178,40 @@ def format_error(err: BaseException, addr: str = "") -> str:
 # The parser
 
 
+#: `mini-oss serve` flags: one per setting (node.config documents each), with how to read it.
+SERVE_FLAGS: list[tuple[str, Any, str]] = [
+    ("--listen", str, "HOST:PORT"), ("--data-dir", str, "DIR"), ("--workers", int, "N"),
+    ("--metrics-listen", str, "HOST:PORT"), ("--session-ttl", float, "SECONDS"),
+    ("--stream-idle-timeout", float, "SECONDS"), ("--grace", float, "SECONDS"),
+    ("--default-chunk-size", parse_size, "BYTES"), ("--max-chunk-size", parse_size, "BYTES"),
+    ("--max-object-size", parse_size, "BYTES"), ("--log-level", str, "LEVEL"),
+    ("--checkpoint-bytes", parse_size, "BYTES"), ("--checkpoint-interval", float, "SECONDS"),
+    ("--direct-io", bool, ""), ("--download-readahead", parse_size, "BYTES"),
+    ("--io-threads", int, "N"), ("--sweep-interval", float, "SECONDS"),
+    ("--max-sessions", int, "N"), ("--max-sessions-per-client", int, "N"),
+    ("--disk-reserve", parse_size, "BYTES"), ("--rate-limit-requests", float, "PER_SECOND"),
+    ("--rate-limit-bytes", parse_size, "BYTES_PER_SECOND"),
+    ("--rate-limit-burst", float, "SECONDS"), ("--auth-token-file", str, "FILE"),
+    ("--tls-cert", str, "PEM_FILE"), ("--tls-key", str, "PEM_FILE"),
+    ("--max-streams-per-client", int, "N"), ("--max-streams-per-connection", int, "N"),
+    ("--download-stall-timeout", float, "SECONDS"),
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Mini OSS object storage node and client.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     docs = {name: doc for name, _default, doc in config.documentation()}
     serve = sub.add_parser("serve", help="run a node", description="Run a node until signalled.")
-    flags: list[tuple[str, Any, str]] = [
-        ("--listen", str, "HOST:PORT"), ("--data-dir", str, "DIR"), ("--workers", int, "N"),
-        ("--metrics-listen", str, "HOST:PORT"), ("--session-ttl", float, "SECONDS"),
-        ("--stream-idle-timeout", float, "SECONDS"), ("--grace", float, "SECONDS"),
-        ("--default-chunk-size", parse_size, "BYTES"), ("--max-chunk-size", parse_size, "BYTES"),
-        ("--max-object-size", parse_size, "BYTES"), ("--log-level", str, "LEVEL"),
-        ("--max-sessions", int, "N"), ("--max-sessions-per-client", int, "N"),
-        ("--disk-reserve", parse_size, "BYTES"), ("--rate-limit-requests", float, "PER_SECOND"),
-        ("--rate-limit-bytes", parse_size, "BYTES_PER_SECOND"),
-        ("--rate-limit-burst", float, "SECONDS"), ("--auth-token-file", str, "FILE"),
-        ("--tls-cert", str, "PEM_FILE"), ("--tls-key", str, "PEM_FILE"),
-    ]
-    for flag, kind, metavar in flags:
+    for flag, kind, metavar in SERVE_FLAGS:
         name = flag[2:].replace("-", "_")
-        serve.add_argument(flag, dest=name, type=kind, metavar=metavar, default=None,
-                           help=docs.get(name, ""))
+        if kind is bool:
+            serve.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
+                               default=None, help=docs.get(name, ""))
+        else:
+            serve.add_argument(flag, dest=name, type=kind, metavar=metavar, default=None,
+                               help=docs.get(name, ""))
     serve.add_argument("--config", metavar="FILE", default=None,
                        help="TOML file of settings (keys are the setting names).")
     serve.set_defaults(func=cmd_serve)
@@ -206,10 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
     get = sub.add_parser("get", parents=[common], help="download an object")
     get.add_argument("object_id", metavar="OBJECT_ID")
     get.add_argument("-o", "--output", metavar="PATH",
-                     help="file or directory to write (default: the object's file name here; "
-                          "'-' = standard output)")
+                     help="file or directory to write (default: the object's file name, made "
+                          "safe, here; '-' = standard output). A file PATH is replaced if it "
+                          "exists")
     get.add_argument("--range", type=parse_range, metavar="START-END",
                      help="bytes START..END-1; 'START-' to the end; '-N' the last N")
+    get.add_argument("--force", action="store_true",
+                     help="replace an existing file of the object's name (without -o, or with "
+                          "-o DIR)")
     get.set_defaults(func=cmd_get)
 
     stat = sub.add_parser("stat", parents=[common], help="show an object")
@@ -225,6 +277,24 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("--if-generation-match", default="", metavar="G",
                     help="delete only this generation")
     rm.set_defaults(func=cmd_rm)
+
+    fsck = sub.add_parser(
+        "fsck", help="check a data directory (read-only), or rebuild its catalog",
+        description="Report what a data directory holds and what is wrong with it, changing "
+                    "nothing (exit 0: clean, 1: problems). With --rebuild-catalog, rebuild a "
+                    "missing or damaged catalog from index/ and objects/ (the node must be "
+                    "stopped).")
+    fsck.add_argument("--data-dir", default=os.environ.get("MINI_OSS_DATA_DIR", "./static"),
+                      metavar="DIR", help="the node's data directory (default ./static)")
+    fsck.add_argument("--json", action="store_true", help="print one JSON object")
+    fsck.add_argument("--verify", action="store_true",
+                      help="also read every object and check its size and SHA-256")
+    fsck.add_argument("--rebuild-catalog", action="store_true",
+                      help="write a new catalog from index/ and objects/, keeping the old one "
+                           "as catalog.db.damaged-<time>")
+    fsck.add_argument("--force", action="store_true",
+                      help="with --rebuild-catalog: rebuild even a readable catalog")
+    fsck.set_defaults(func=cmd_fsck)
     return parser
 
 
@@ -253,12 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    names = ("listen", "data_dir", "workers", "metrics_listen", "session_ttl",
-             "stream_idle_timeout", "grace", "default_chunk_size", "max_chunk_size",
-             "max_object_size", "log_level", "max_sessions", "max_sessions_per_client",
-             "disk_reserve", "rate_limit_requests", "rate_limit_bytes", "rate_limit_burst",
-             "auth_token_file", "tls_cert", "tls_key")
-    overrides = {name: getattr(args, name) for name in names}
+    overrides = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_"))
+                 for flag, _kind, _metavar in SERVE_FLAGS}
     try:
         settings = config.load(overrides, config_file=args.config)
     except (config.SettingsError, OSError, tomllib.TOMLDecodeError) as exc:
@@ -362,24 +428,67 @@ def cmd_put(args: argparse.Namespace) -> int:
 def cmd_get(args: argparse.Namespace) -> int:
     start, end = args.range or (0, None)
     output = args.output
+    overwrite = True
     with _client(args) as client:
         generation = ""
         if output is None or (output != "-" and os.path.isdir(output)):
+            # The name comes from the node: only a safe base name of it, inside that directory,
+            # and never over an existing file unless --force.
             info = client.stat(args.object_id)  # the name to write to; pins this version
             generation = info.generation
-            output = os.path.join(output or ".", info.file_name)
+            output = os.path.join(output or ".", safe_file_name(info.file_name, args.object_id))
+            overwrite = args.force
+            if not overwrite and os.path.lexists(output):
+                raise ValueError(_exists_message(output))
         with _progress(args, args.object_id) as progress:
             if output == "-":
                 info = client.download(args.object_id, sys.stdout.buffer, start=start, end=end,
                                        if_generation_match=generation, progress=progress)
                 sys.stdout.buffer.flush()
             else:
-                info = client.download(args.object_id, output, start=start, end=end,
-                                       if_generation_match=generation, progress=progress)
+                try:
+                    info = client.download(args.object_id, output, start=start, end=end,
+                                           if_generation_match=generation, progress=progress,
+                                           overwrite=overwrite)
+                except FileExistsError:  # it appeared while we downloaded
+                    raise ValueError(_exists_message(output)) from None
     where = "standard output" if output == "-" else output
     _print_info(info, args, f"downloaded {info.object_id} to {where}",
                 stream=sys.stderr if output == "-" else sys.stdout)
     return 0
+
+
+def cmd_fsck(args: argparse.Namespace) -> int:
+    """Read-only report (exit 0 clean, 1 problems), or --rebuild-catalog (0 done, 1 refused)."""
+    from node import fsck
+    from node.datadir import DataDirError
+
+    if args.force and not args.rebuild_catalog:
+        print(f"{PROG} fsck: error: --force only goes with --rebuild-catalog", file=sys.stderr)
+        return 2
+    try:
+        if args.rebuild_catalog:
+            result = fsck.rebuild_catalog(args.data_dir, force=args.force)
+            if args.json:
+                print(json.dumps(result.to_dict(), sort_keys=True))
+            else:
+                print("\n".join(result.lines()))
+            return 0
+        report = fsck.check(args.data_dir, verify=args.verify)
+    except (fsck.FsckError, DataDirError) as exc:
+        print(f"{PROG}: error: {format_error(exc)}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report.to_dict(), sort_keys=True))
+    else:
+        for problem in report.problems:
+            print(" ".join(problem.line().split()))
+        print(report.summary())
+    return 0 if report.clean else 1
+
+
+def _exists_message(path: str) -> str:
+    return f"{path!r} exists: not replacing it (use --force, or -o PATH)"
 
 
 def cmd_stat(args: argparse.Namespace) -> int:

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import itertools
 import os
@@ -657,11 +658,15 @@ class Client:
 
     def download(self, object_id: str, dest: str | os.PathLike | BinaryIO, *, start: int = 0,
                  end: int | None = None, chunk_size: int = 0, verify: bool = True,
-                 if_generation_match: str = "", progress: Progress | None = None) -> ObjectInfo:
+                 if_generation_match: str = "", progress: Progress | None = None,
+                 overwrite: bool = True) -> ObjectInfo:
         """Write the range [start, end) of the object to `dest` (a path or a binary file).
 
         To a path: through a temporary file in the same directory, renamed into place once
-        complete and verified; a failed download leaves nothing at the path.
+        complete and verified; a failed download leaves nothing at the path. With
+        `overwrite=False` an existing file (or symlink) at the path is never replaced: the
+        finished file is hard-linked into place, which fails with FileExistsError if the path
+        exists by then.
         """
         stream = self.iter_download(object_id, start=start, end=end, chunk_size=chunk_size,
                                     if_generation_match=if_generation_match, verify=verify,
@@ -673,7 +678,9 @@ class Client:
             return stream.info
         path = os.fsdecode(dest)
         directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
+        # The temporary name stays well inside the 255-byte limit whatever the final name is
+        # (40 characters are at most 160 bytes of UTF-8).
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path)[:40] + ".",
                                    suffix=".download")
         try:
             umask = os.umask(0)
@@ -684,13 +691,31 @@ class Client:
                     f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                _place_new(tmp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
         assert stream.info is not None
         return stream.info
+
+
+def _place_new(tmp: str, path: str) -> None:
+    """Move the finished file `tmp` to `path` only if nothing is there: link, then unlink (a
+    file system without hard links gets a check and a rename instead)."""
+    try:
+        os.link(tmp, path, follow_symlinks=False)
+    except FileExistsError:
+        raise
+    except OSError:  # EPERM, ENOTSUP, EMLINK...: no hard links here
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path) from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
 
 
 class DownloadStream:

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import os
 import subprocess
 import sys
+import unicodedata
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from node import errors
-from node.cli import derive_object_id, format_error, main, parse_range, parse_size
+from node.cli import (derive_object_id, format_error, main, parse_range, parse_size,
+                      safe_file_name)
 from node.names import validate_object_id
 
 MiB = 1024 * 1024
@@ -212,3 +215,130 @@ def test_python_dash_m_node_and_stdout(node, tmp_path):
     assert bad.returncode == 1 and bad.stdout == ""
     assert bad.stderr.splitlines() == [
         bad.stderr.strip()] and bad.stderr.startswith("mini-oss: error: NOT_FOUND OBJECT_NOT_FOUND")
+
+
+# ------------------------------------------------------------------------------------------
+# `get` without -o: the node's file name is not trusted (issue "Trust first", finding 4)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("notes.txt", "notes.txt"), (".bashrc", "bashrc"), ("/etc/passwd", "passwd"),
+    ("../x", "x"), ("../../.ssh/authorized_keys", "authorized_keys"), ("a\\b", "b"),
+    ("..\\..\\evil.exe", "evil.exe"), ("dir/", "obj-1"), ("..", "obj-1"), (".", "obj-1"),
+    ("", "obj-1"), ("...", "obj-1"), ("a\x00b", "a_b"), ("x\n\x1b[31m.txt", "x__[31m.txt"),
+    ("evil\u202etxt.exe", "evil_txt.exe"), ("résumé.pdf", "résumé.pdf"),
+    ("é" * 200 + ".txt", "é" * 125 + ".txt"),
+])
+def test_safe_file_name(name, expected):
+    assert safe_file_name(name, "obj-1") == expected
+
+
+def test_safe_file_name_falls_back_to_download():
+    assert safe_file_name("..", "..") == "download"
+    assert safe_file_name("/", "") == "download"
+
+
+def _is_plain_base_name(name: str) -> bool:
+    raw = name.encode("utf-8")  # raises on lone surrogates
+    return (bool(name) and name not in (".", "..") and not name.startswith(".")
+            and "/" not in name and "\\" not in name and "\x00" not in name
+            and not any(unicodedata.category(c) in ("Cc", "Cf", "Cs") for c in name)
+            and len(raw) <= 255)
+
+
+@given(st.text(max_size=400), st.text(max_size=200))
+def test_safe_file_name_is_always_a_plain_base_name(name, fallback):
+    assert _is_plain_base_name(safe_file_name(name, fallback))
+
+
+@given(st.lists(st.sampled_from(["..", ".", "/", "\\", "\x00", "\n", "\x1b", "a", "é", ".x",
+                                 "/etc/passwd", "~", " ", "\u202e", "\ud800"]), max_size=40))
+def test_safe_file_name_of_hostile_pieces(pieces):
+    name = "".join(pieces)
+    assert _is_plain_base_name(safe_file_name(name, name))
+
+
+def _cli(*argv, cwd) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return subprocess.run([sys.executable, "-m", "node", *argv], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=60)
+
+
+def test_get_writes_only_a_safe_name_in_the_current_directory(node, tmp_path):
+    hostile = {"dot": ".bashrc", "back": "a\\b", "dots": "...", "ctl": "x\n\x1b[31m.txt",
+               "bidi": "gnp\u202etxt.exe"}
+    from node.client import Client
+
+    with Client(node.addr) as client:
+        for object_id, file_name in hostile.items():
+            client.upload(io.BytesIO(object_id.encode() * 3), object_id, file_name=file_name)
+    home = tmp_path / "home"
+    home.mkdir()
+    for object_id in hostile:
+        out = _cli("get", object_id, "--addr", node.addr, cwd=home)
+        assert out.returncode == 0, out.stderr
+    expected = {"bashrc": "dot", "b": "back", "dots": "dots", "x__[31m.txt": "ctl",
+                "gnp_txt.exe": "bidi"}
+    assert sorted(os.listdir(home)) == sorted(expected)  # nothing else, no temp files left
+    for name, object_id in expected.items():
+        assert (home / name).read_bytes() == object_id.encode() * 3
+    assert sorted(os.listdir(tmp_path)) == ["data0", "home"]  # nothing written outside
+
+
+def test_get_does_not_replace_an_existing_file_without_force(node, tmp_path):
+    from node.client import Client
+
+    with Client(node.addr) as client:
+        client.upload(io.BytesIO(b"from the node"), "rc", file_name=".bashrc")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "bashrc").write_bytes(b"mine")
+    out = _cli("get", "rc", "--addr", node.addr, cwd=home)
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("mini-oss: error: ")
+    assert "bashrc" in out.stderr and "--force" in out.stderr
+    assert (home / "bashrc").read_bytes() == b"mine"
+    # -o DIR names the directory, not the file: the same rule holds.
+    out = _cli("get", "rc", "--addr", node.addr, "-o", str(home), cwd=tmp_path)
+    assert out.returncode == 1 and (home / "bashrc").read_bytes() == b"mine"
+    # A symlink counts as an existing file: it is neither followed nor replaced.
+    (home / "link-target").write_bytes(b"target")
+    os.symlink("link-target", home / "bashrc2")
+    with Client(node.addr) as client:
+        client.upload(io.BytesIO(b"x"), "rc2", file_name="bashrc2")
+    out = _cli("get", "rc2", "--addr", node.addr, cwd=home)
+    assert out.returncode == 1 and os.path.islink(home / "bashrc2")
+    assert (home / "link-target").read_bytes() == b"target"
+    assert sorted(os.listdir(home)) == ["bashrc", "bashrc2", "link-target"]
+
+    out = _cli("get", "rc", "--addr", node.addr, "--force", cwd=home)
+    assert out.returncode == 0, out.stderr
+    assert (home / "bashrc").read_bytes() == b"from the node"
+    # With -o FILE the user chose the path: it is replaced as before.
+    out = _cli("get", "rc", "--addr", node.addr, "-o", "bashrc2", cwd=home)
+    assert out.returncode == 0, out.stderr
+    assert (home / "bashrc2").read_bytes() == b"from the node" and not os.path.islink(home / "bashrc2")
+    assert (home / "link-target").read_bytes() == b"target"
+    assert sorted(os.listdir(home)) == ["bashrc", "bashrc2", "link-target"]
+
+
+def test_get_of_a_255_byte_file_name(node, tmp_path):
+    """The temporary file next to the target fits the file system's limit too."""
+    from node.client import Client
+
+    name = "é" * 125 + ".txt"  # 254 bytes
+    with Client(node.addr) as client:
+        client.upload(io.BytesIO(b"long"), "long", file_name=name)
+    out = _cli("get", "long", "--addr", node.addr, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / name).read_bytes() == b"long"
+
+
+def test_every_setting_has_a_serve_flag():
+    from node import cli, config
+
+    flags = {flag[2:].replace("-", "_") for flag, _kind, _metavar in cli.SERVE_FLAGS}
+    assert flags == {name for name, _default, _doc in config.documentation()}
+    args = cli.build_parser().parse_args(["serve", "--no-direct-io", "--sweep-interval", "2",
+                                          "--download-stall-timeout", "5"])
+    assert (args.direct_io, args.sweep_interval, args.download_stall_timeout) == (False, 2.0, 5.0)
