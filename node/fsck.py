@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -45,14 +44,14 @@ from dataclasses import dataclass, field
 
 from node import names
 from node.catalog import FILE_NAME as CATALOG_FILE
-from node.catalog import Catalog, ObjectRecord
+from node.catalog import OBJECT_COLUMNS, Catalog, ObjectRecord
+from node.catalog.records import object_from_row, object_values
 from node.errors import InvalidName
 from node.session_rules import State
 from node.storage import INDEX, OBJECTS, PARTS, QUARANTINE
 
 HOLDER = "mini-oss fsck --rebuild-catalog"
 READ_BLOCK = 1 << 20
-_OBJECT_COLUMNS = [f.name for f in dataclasses.fields(ObjectRecord)]
 # One candidate for the "_<upload_id>" in a disk name (looked for at every position).
 _UPLOAD_ID_AT = re.compile(r"(?=_([0-9a-f]{%d}))" % names.UPLOAD_ID_CHARS)
 
@@ -167,11 +166,8 @@ def read_catalog(data_dir: str) -> CatalogView:
         if check != ["ok"]:
             return CatalogView(DAMAGED, f"SQLite quick_check: {check[0]}")
         view = CatalogView(OK)
-        rows = db.execute(f"SELECT {', '.join(_OBJECT_COLUMNS)} FROM objects ORDER BY object_id")
-        for row in rows:
-            values = dict(zip(_OBJECT_COLUMNS, row))
-            values["metadata"] = json.loads(values["metadata"])
-            view.objects.append(ObjectRecord(**values))
+        rows = db.execute(f"SELECT {', '.join(OBJECT_COLUMNS)} FROM objects ORDER BY object_id")
+        view.objects.extend(object_from_row(row) for row in rows)
         view.active = [tuple(r) for r in db.execute(
             "SELECT upload_id, object_id, file_name FROM sessions WHERE state = ?",
             (int(State.ACTIVE),))]
@@ -497,15 +493,10 @@ def _write_catalog(directory: str, objects: list[ObjectRecord]) -> None:
     Catalog.prepare(directory)
     catalog = Catalog(directory)
     try:
-        sql = (f"INSERT INTO objects ({', '.join(_OBJECT_COLUMNS)})"
-               f" VALUES ({', '.join('?' * len(_OBJECT_COLUMNS))})")
-        rows = []
-        for obj in objects:
-            values = dataclasses.asdict(obj)
-            values["metadata"] = json.dumps(obj.metadata, separators=(",", ":"))
-            rows.append(tuple(values[c] for c in _OBJECT_COLUMNS))
+        sql = (f"INSERT INTO objects ({', '.join(OBJECT_COLUMNS)})"
+               f" VALUES ({', '.join('?' * len(OBJECT_COLUMNS))})")
         with catalog.write() as db:
-            db.executemany(sql, rows)
+            db.executemany(sql, [object_values(obj) for obj in objects])
         catalog.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         stored = catalog.all_objects()
     finally:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import queue
-import re
 import shutil
 import signal
 import subprocess

@@ -1,4 +1,4 @@
-"""The catalog: upload sessions and committed objects in an embedded SQLite database.
+"""The SQLite catalog: upload sessions and committed objects in an embedded database file.
 
 Why SQLite: every worker process must see the same sessions and objects, and a storage node
 must not lose them in a crash. One file in the data directory (`catalog.db`), WAL mode so
@@ -21,18 +21,17 @@ thread its own.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import enum
-import json
 import os
 import secrets
 import sqlite3
 import threading
 import time
 import urllib.parse
-from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
+from node.catalog.records import (OBJECT_COLUMNS, SESSION_COLUMNS, CatalogState, FileRef,
+                                  ObjectRecord, SessionRecord, object_from_row, object_values,
+                                  prefix_upper_bound, session_from_row, session_values)
 from node.errors import DiskFull, TooManySessions
 from node.session_rules import State
 
@@ -86,104 +85,15 @@ CREATE TABLE IF NOT EXISTS garbage (
     PRIMARY KEY (kind, name)
 ) WITHOUT ROWID;
 """
-#: Files the catalog has let go of, to free: (kind, name), kind being "parts" or "objects".
-FileRef = tuple[str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectRecord:
-    object_id: str
-    generation: str
-    file_name: str
-    size: int
-    sha256: str
-    content_type: str
-    metadata: dict[str, str]
-    created_at_ms: int
-    disk_name: str
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, text: str) -> "ObjectRecord":
-        return cls(**json.loads(text))
-
-
-@dataclass(frozen=True, slots=True)
-class SessionRecord:
-    upload_id: str
-    object_id: str
-    file_name: str
-    file_size: int
-    chunk_size: int
-    uploaded_offset: int
-    sha256: str
-    state: State
-    content_type: str
-    metadata: dict[str, str]
-    if_absent: bool
-    if_generation_match: str
-    client: str
-    created_at_ms: int
-    updated_at_ms: int
-    expires_at_ms: int
-    object: ObjectRecord | None = None
-
-    def replace(self, **changes) -> "SessionRecord":
-        return dataclasses.replace(self, **changes)
-
-
-_SESSION_COLUMNS = [f.name for f in dataclasses.fields(SessionRecord)]
-_OBJECT_COLUMNS = [f.name for f in dataclasses.fields(ObjectRecord)]
-
-
-def _session_from_row(row: sqlite3.Row) -> SessionRecord:
-    values = dict(zip(_SESSION_COLUMNS, row))
-    values["state"] = State(values["state"])
-    values["metadata"] = json.loads(values["metadata"])
-    values["if_absent"] = bool(values["if_absent"])
-    values["object"] = ObjectRecord.from_json(values["object"]) if values["object"] else None
-    return SessionRecord(**values)
-
-
-def _object_from_row(row: sqlite3.Row) -> ObjectRecord:
-    values = dict(zip(_OBJECT_COLUMNS, row))
-    values["metadata"] = json.loads(values["metadata"])
-    return ObjectRecord(**values)
-
-
-def _prefix_upper_bound(prefix: str) -> str | None:
-    """The smallest string above every string that starts with `prefix` (None: no bound).
-
-    The last character that can be incremented is; characters after it are dropped (every
-    string starting with "ab\U0010FFFF" is below "ac"). Surrogates are skipped: they cannot be
-    stored, and a bound made of one would fail the query.
-    """
-    while prefix:
-        code = ord(prefix[-1]) + 1
-        if 0xD800 <= code <= 0xDFFF:
-            code = 0xE000
-        if code <= 0x10FFFF:
-            return prefix[:-1] + chr(code)
-        prefix = prefix[:-1]
-    return None
 
 
 def _prefix_range(prefix: str) -> tuple[str, list]:
     """A WHERE clause (and its arguments) selecting object_ids that start with `prefix`, as an
     index range rather than a LIKE, so a listing reads only the rows it returns."""
-    upper = _prefix_upper_bound(prefix)
+    upper = prefix_upper_bound(prefix)
     if upper is None:
         return "object_id >= ?", [prefix]
     return "object_id >= ? AND object_id < ?", [prefix, upper]
-
-
-class CatalogState(enum.Enum):
-    MISSING = "missing"
-    EMPTY = "empty"       # zero bytes, or a database without our tables
-    DAMAGED = "damaged"   # not a database SQLite can read
-    READY = "ready"
 
 
 def inspect_catalog(data_dir: str) -> tuple[CatalogState, str]:
@@ -319,8 +229,8 @@ class Catalog:
     def insert_session(self, rec: SessionRecord, max_active: int = 0, max_per_client: int = 0) -> None:
         """Insert a new ACTIVE session, unless a limit (0 = none) is reached: the count and the
         insert share one write transaction, so workers racing for the last place cannot both win."""
-        values = self._session_values(rec)
-        sql = f"INSERT INTO sessions ({', '.join(_SESSION_COLUMNS)}) VALUES ({', '.join('?' * len(values))})"
+        values = session_values(rec)
+        sql = f"INSERT INTO sessions ({', '.join(SESSION_COLUMNS)}) VALUES ({', '.join('?' * len(values))})"
         with self.write() as db:
             if max_active:
                 active = db.execute("SELECT count(*) FROM sessions WHERE state = ?",
@@ -336,19 +246,11 @@ class Catalog:
                                           max_sessions_per_client=max_per_client)
             db.execute(sql, values)
 
-    @staticmethod
-    def _session_values(rec: SessionRecord) -> tuple:
-        values = dataclasses.asdict(rec)
-        values["state"] = int(rec.state)
-        values["metadata"] = json.dumps(rec.metadata, separators=(",", ":"))
-        values["if_absent"] = int(rec.if_absent)
-        values["object"] = rec.object.to_json() if rec.object else None
-        return tuple(values[c] for c in _SESSION_COLUMNS)
 
     def get_session(self, upload_id: str) -> SessionRecord | None:
-        rows = self._read(f"SELECT {', '.join(_SESSION_COLUMNS)} FROM sessions WHERE upload_id = ?",
+        rows = self._read(f"SELECT {', '.join(SESSION_COLUMNS)} FROM sessions WHERE upload_id = ?",
                           (upload_id,))
-        return _session_from_row(rows[0]) if rows else None
+        return session_from_row(rows[0]) if rows else None
 
     def checkpoint(self, upload_id: str, uploaded_offset: int, sha256: str,
                    now_ms: int, expires_at_ms: int) -> bool:
@@ -376,18 +278,18 @@ class Catalog:
     def list_active_sessions(self, prefix: str, after: tuple[str, str] | None,
                              limit: int) -> list[SessionRecord]:
         where, args = _prefix_range(prefix)
-        sql = f"SELECT {', '.join(_SESSION_COLUMNS)} FROM sessions WHERE state = ? AND {where}"
+        sql = f"SELECT {', '.join(SESSION_COLUMNS)} FROM sessions WHERE state = ? AND {where}"
         args.insert(0, int(State.ACTIVE))
         if after is not None:
             sql += " AND (object_id, upload_id) > (?, ?)"
             args += list(after)
         sql += " ORDER BY object_id, upload_id LIMIT ?"
         args.append(limit)
-        return [_session_from_row(r) for r in self._read(sql, tuple(args))]
+        return [session_from_row(r) for r in self._read(sql, tuple(args))]
 
     def sessions_in_state(self, state: State) -> list[SessionRecord]:
-        rows = self._read(f"SELECT {', '.join(_SESSION_COLUMNS)} FROM sessions WHERE state = ?", (int(state),))
-        return [_session_from_row(r) for r in rows]
+        rows = self._read(f"SELECT {', '.join(SESSION_COLUMNS)} FROM sessions WHERE state = ?", (int(state),))
+        return [session_from_row(r) for r in rows]
 
     def count_active(self, client: str | None = None) -> int:
         if client is None:
@@ -399,9 +301,9 @@ class Catalog:
 
     def expired_active(self, now_ms: int, limit: int = 500) -> list[SessionRecord]:
         rows = self._read(
-            f"SELECT {', '.join(_SESSION_COLUMNS)} FROM sessions WHERE expires_at_ms < ? AND state = ?"
+            f"SELECT {', '.join(SESSION_COLUMNS)} FROM sessions WHERE expires_at_ms < ? AND state = ?"
             " ORDER BY expires_at_ms LIMIT ?", (now_ms, int(State.ACTIVE), limit))
-        return [_session_from_row(r) for r in rows]
+        return [session_from_row(r) for r in rows]
 
     # -- garbage: files to free ----------------------------------------------------------------
     #
@@ -435,19 +337,19 @@ class Catalog:
     # -- objects ------------------------------------------------------------------------------
 
     def get_object(self, object_id: str) -> ObjectRecord | None:
-        rows = self._read(f"SELECT {', '.join(_OBJECT_COLUMNS)} FROM objects WHERE object_id = ?",
+        rows = self._read(f"SELECT {', '.join(OBJECT_COLUMNS)} FROM objects WHERE object_id = ?",
                           (object_id,))
-        return _object_from_row(rows[0]) if rows else None
+        return object_from_row(rows[0]) if rows else None
 
     def list_objects(self, prefix: str, after: str | None, limit: int) -> list[ObjectRecord]:
         where, args = _prefix_range(prefix)
-        sql = f"SELECT {', '.join(_OBJECT_COLUMNS)} FROM objects WHERE {where}"
+        sql = f"SELECT {', '.join(OBJECT_COLUMNS)} FROM objects WHERE {where}"
         if after is not None:
             sql += " AND object_id > ?"
             args.append(after)
         sql += " ORDER BY object_id LIMIT ?"
         args.append(limit)
-        return [_object_from_row(r) for r in self._read(sql, tuple(args))]
+        return [object_from_row(r) for r in self._read(sql, tuple(args))]
 
     def all_objects(self) -> list[ObjectRecord]:
         return self.list_objects("", None, -1)
@@ -466,12 +368,9 @@ class Catalog:
             current = self._get_object_in(db, obj.object_id)
             check(current)
             publish(obj)
-            values = dataclasses.asdict(obj)
-            values["metadata"] = json.dumps(obj.metadata, separators=(",", ":"))
             db.execute(
-                f"INSERT OR REPLACE INTO objects ({', '.join(_OBJECT_COLUMNS)})"
-                f" VALUES ({', '.join('?' * len(_OBJECT_COLUMNS))})",
-                tuple(values[c] for c in _OBJECT_COLUMNS))
+                f"INSERT OR REPLACE INTO objects ({', '.join(OBJECT_COLUMNS)})"
+                f" VALUES ({', '.join('?' * len(OBJECT_COLUMNS))})", object_values(obj))
             cur = db.execute(
                 "UPDATE sessions SET state = ?, uploaded_offset = ?, updated_at_ms = ?, expires_at_ms = ?,"
                 " object = ? WHERE upload_id = ? AND state = ?",
@@ -508,9 +407,9 @@ class Catalog:
 
     @staticmethod
     def _get_object_in(db: sqlite3.Connection, object_id: str) -> ObjectRecord | None:
-        row = db.execute(f"SELECT {', '.join(_OBJECT_COLUMNS)} FROM objects WHERE object_id = ?",
+        row = db.execute(f"SELECT {', '.join(OBJECT_COLUMNS)} FROM objects WHERE object_id = ?",
                          (object_id,)).fetchone()
-        return _object_from_row(row) if row else None
+        return object_from_row(row) if row else None
 
 
 class CatalogPool:
