@@ -180,7 +180,8 @@ def format_error(err: BaseException, addr: str = "") -> str:
 
 #: `mini-oss serve` flags: one per setting (node.config documents each), with how to read it.
 SERVE_FLAGS: list[tuple[str, Any, str]] = [
-    ("--listen", str, "HOST:PORT"), ("--data-dir", str, "DIR"), ("--workers", int, "N"),
+    ("--listen", str, "HOST:PORT"), ("--data-dir", str, "DIR"), ("--catalog", str, "URL"),
+    ("--node-name", str, "NAME"), ("--workers", int, "N"),
     ("--metrics-listen", str, "HOST:PORT"), ("--session-ttl", float, "SECONDS"),
     ("--stream-idle-timeout", float, "SECONDS"), ("--grace", float, "SECONDS"),
     ("--default-chunk-size", parse_size, "BYTES"), ("--max-chunk-size", parse_size, "BYTES"),
@@ -218,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--addr", default=os.environ.get("MINI_OSS_ADDR", DEFAULT_ADDR),
-                        metavar="HOST:PORT", help=f"the node (default {DEFAULT_ADDR})")
+                        metavar="HOST:PORT[,HOST:PORT...]",
+                        help=f"the node (default {DEFAULT_ADDR}); several nodes of one namespace: "
+                             "used round robin, the next one when one is unavailable")
     common.add_argument("--json", action="store_true", help="print JSON for scripts")
     secret = common.add_mutually_exclusive_group()
     secret.add_argument("--token", metavar="TOKEN",

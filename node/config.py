@@ -31,6 +31,8 @@ class SettingsError(ValueError):
 class Settings:
     listen: str = _setting("0.0.0.0:8080", "gRPC address HOST:PORT; port 0 picks a free one.")
     data_dir: str = _setting("./static", "Directory holding parts/, objects/, index/ and the catalog.")
+    catalog: str = _setting("", "Catalog: empty = SQLite in the data dir (one node); a postgresql:// URL = PostgreSQL, shared by several nodes.")
+    node_name: str = _setting("", "This node's name in GetNodeInfo and the catalog; empty = HOST:PORT.")
     workers: int = _setting(0, "Worker processes; 0 means one per core.", minimum=0)
     metrics_listen: str = _setting("127.0.0.1:9180", "HOST:PORT of the /metrics endpoint; empty turns it off.")
     session_ttl: float = _setting(86400.0, "Seconds an idle ACTIVE session lives, and an ended one is remembered.", minimum=0.001)
@@ -82,6 +84,8 @@ class Settings:
             raise SettingsError("max_chunk_size must be <= 64 MiB")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise SettingsError("tls_cert and tls_key go together")
+        if self.catalog and not self.catalog.startswith(("postgresql://", "postgres://")):
+            raise SettingsError("catalog must be empty (SQLite) or a postgresql:// URL")
         split_host_port(self.listen)
         if self.metrics_listen:
             split_host_port(self.metrics_listen)
@@ -97,7 +101,11 @@ class Settings:
 
     def describe(self) -> str:
         """One line per setting, for the start-up log."""
-        return ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
+        from node.catalog.postgres import redact  # (imports no driver)
+
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        shown["catalog"] = redact(self.catalog)
+        return ", ".join(f"{name}={value!r}" for name, value in shown.items())
 
 
 def split_host_port(addr: str) -> tuple[str, int]:

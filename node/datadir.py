@@ -30,7 +30,7 @@ import time
 from multiprocessing import reduction
 from typing import Iterator
 
-from node.catalog import FILE_NAME as CATALOG_FILE, Catalog, CatalogState, inspect_catalog
+from node.catalog import CatalogState
 
 LOCK_FILE = "mini-oss.lock"
 CATALOG_ID_FILE = "catalog-id"
@@ -80,12 +80,16 @@ def _rebuild_lock(data_dir: str, dup) -> DataDirLock:
 
 
 def acquire(data_dir: str, holder: str, *, orphan_wait: float = ORPHAN_WAIT_SECONDS,
-            log=None) -> DataDirLock:
+            log=None, shared: bool = False) -> DataDirLock:
     """Take the data directory's lock, or raise DataDirBusy naming the data dir and the holder.
 
     A holder whose process is alive is another node: refused at once. A holder that is gone
     left workers behind that still hold the lock while they checkpoint and exit (they notice
     their supervisor's death at once): wait for them up to `orphan_wait` seconds.
+
+    `shared`: nodes on a catalog made for several nodes (PostgreSQL) share the data directory
+    on purpose; they take the lock shared, so they exclude a one-node (SQLite) node and
+    `fsck --rebuild-catalog`, and are excluded by them, but not each other.
     """
     os.makedirs(data_dir, exist_ok=True)
     path = os.path.join(data_dir, LOCK_FILE)
@@ -95,7 +99,7 @@ def acquire(data_dir: str, holder: str, *, orphan_wait: float = ORPHAN_WAIT_SECO
         told = False
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 pass
@@ -107,7 +111,8 @@ def acquire(data_dir: str, holder: str, *, orphan_wait: float = ORPHAN_WAIT_SECO
                             data_dir, _describe(info))
             told = True
             time.sleep(0.1)
-        _write_holder(fd, holder)
+        if not shared:
+            _write_holder(fd, holder)
         return DataDirLock(data_dir, fd)
     except BaseException:
         os.close(fd)
@@ -202,28 +207,33 @@ def write_catalog_id(data_dir: str, catalog_id: str) -> None:
     _fsync_dir(data_dir)
 
 
-def check_catalog(data_dir: str, log=None) -> None:
+def check_catalog(data_dir: str, backend=None, log=None) -> None:
     """Refuse a catalog that is not the one this data directory's objects were written under;
-    create or adopt it otherwise. Run once at start, holding the lock, before recovery."""
+    create or adopt it otherwise. Run once at start, holding the lock, before recovery.
+    `backend` is a node.catalog backend (default: SQLite in `data_dir`). A mistyped
+    `--catalog` URL naming an empty database is refused like a lost catalog file."""
+    from node.catalog import SqliteBackend
+
+    backend = backend or SqliteBackend(data_dir)
     os.makedirs(data_dir, exist_ok=True)
-    catalog_path = os.path.join(data_dir, CATALOG_FILE)
-    state, detail = inspect_catalog(data_dir)
+    catalog_path = backend.describe()
+    state, detail = backend.inspect()
     recorded = read_catalog_id(data_dir)
     if state is CatalogState.DAMAGED:
-        raise DataDirError(f"catalog {catalog_path} cannot be read ({detail}); repair: "
+        raise DataDirError(f"{catalog_path} cannot be read ({detail}); repair: "
                            f"{repair_hint(data_dir)}")
     if state in (CatalogState.MISSING, CatalogState.EMPTY):
         if recorded is not None or has_content(data_dir):
             what = "missing" if state is CatalogState.MISSING else "empty"
             raise DataDirError(
-                f"catalog {catalog_path} is {what} but data dir {data_dir} holds objects or "
+                f"{catalog_path} is {what} but data dir {data_dir} holds objects or "
                 f"uploads; the node will not start (it would take them all for orphans); "
                 f"repair: {repair_hint(data_dir)}")
-        Catalog.prepare(data_dir)
-        write_catalog_id(data_dir, Catalog.prepared_id(data_dir))
+        backend.prepare()
+        write_catalog_id(data_dir, backend.catalog_id())
         return
-    Catalog.prepare(data_dir)  # schema upgrades, and an id for a catalog made before ids
-    catalog_id = Catalog.prepared_id(data_dir)
+    backend.prepare()  # schema upgrades, and an id for a catalog made before ids
+    catalog_id = backend.catalog_id()
     if recorded is None:
         if log is not None and has_content(data_dir):
             log.warning("data dir %s: recording catalog id %s (first start with this version)",
@@ -231,7 +241,7 @@ def check_catalog(data_dir: str, log=None) -> None:
         write_catalog_id(data_dir, catalog_id)
     elif recorded != catalog_id:
         raise DataDirError(
-            f"catalog {catalog_path} (id {catalog_id}) is not the catalog data dir {data_dir} "
+            f"{catalog_path} (id {catalog_id}) is not the catalog data dir {data_dir} "
             f"was written under (id {recorded}, in {CATALOG_ID_FILE}); put the right catalog "
             f"back, or rebuild it: {repair_hint(data_dir)}")
 
@@ -243,6 +253,8 @@ def install_catalog(data_dir: str, built_path: str) -> str | None:
     `catalog.db.damaged-<UTC time>`, whose name is returned (None if there was none).
     Run holding the lock (`lock_data_dir`).
     """
+    from node.catalog import FILE_NAME as CATALOG_FILE, Catalog
+
     catalog_path = os.path.join(data_dir, CATALOG_FILE)
     kept = None
     if os.path.lexists(catalog_path):

@@ -162,6 +162,11 @@ class Draining(OssError):
     code, reason = "UNAVAILABLE", "DRAINING"
 
 
+class CatalogUnavailable(OssError):
+    """The catalog's database cannot be reached (PostgreSQL down or restarting): try again."""
+    code, reason = "UNAVAILABLE", "CATALOG_UNAVAILABLE"
+
+
 def _all_subclasses(cls: type) -> list[type]:
     out = []
     for sub in cls.__subclasses__():

@@ -156,6 +156,17 @@ def object_file_name(object_id: str, file_name: str, upload_id: str) -> str:
     return f"{object_id}_{stem}_{upload_id}{ext}"
 
 
+_PART_UPLOAD_ID = re.compile(r"\.part\.([0-9a-f]{%d})$" % UPLOAD_ID_CHARS)
+_OBJECT_UPLOAD_ID = re.compile(r"_([0-9a-f]{%d})(\.[^.]*)?$" % UPLOAD_ID_CHARS)
+
+
+def upload_id_of_disk_name(name: str, *, part: bool) -> str | None:
+    """The upload id inside a name `part_file_name` (part=True) or `object_file_name` made,
+    or None. (The extension after it never holds a '.', so the last candidate is the one.)"""
+    match = (_PART_UPLOAD_ID if part else _OBJECT_UPLOAD_ID).search(name)
+    return match.group(1) if match else None
+
+
 def fit_file_name(file_name: str, budget: int) -> tuple[str, str]:
     """(stem, ext) of `file_name`, cut so together they take at most `budget` UTF-8 bytes.
 

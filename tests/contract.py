@@ -510,3 +510,13 @@ def all_names_fit(root: pathlib.Path) -> list[str]:
             if len(os.fsencode(name)) > 255:
                 too_long.append(os.path.join(dirpath, name))
     return too_long
+
+
+def session_busy(stub, upload_id: str) -> bool:
+    """Does a stream hold this session? Probed with an empty chunk at offset 0, which changes
+    nothing unless refused as busy (the probe itself holds the session for a moment)."""
+    try:
+        stub.Upload(iter([pb.UploadChunk(upload_id=upload_id, offset=0, data=b"")]))
+    except grpc.RpcError as exc:
+        return error_of(exc)[1] == "SESSION_BUSY"
+    return False

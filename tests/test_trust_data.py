@@ -24,7 +24,7 @@ import zlib
 import grpc
 import psutil
 import pytest
-from contract import wait_until
+from contract import session_busy, wait_until
 
 from node.client import NO_RETRY, Client
 from node.pb import oss_pb2 as pb
@@ -59,19 +59,11 @@ def held_stream(stub, upload_id: str, data: bytes):
         call = stub.Upload.future(iter(q.get, None))
 
         def settled():
-            return call.done() or is_busy(stub, upload_id)
+            return call.done() or session_busy(stub, upload_id)
         wait_until(settled, 10, interval=0.05, what="the stream to hold the session")
         if not call.done():
             return call, q
     raise AssertionError("the stream never got hold of the session")
-
-
-def is_busy(stub, upload_id: str) -> bool:
-    try:
-        stub.Upload(iter([pb.UploadChunk(upload_id=upload_id, offset=0, data=b"")]))
-    except grpc.RpcError as exc:
-        return from_rpc_error(exc).reason == "SESSION_BUSY"
-    return False
 
 
 # -- finding 2: one node per data directory -----------------------------------------------------

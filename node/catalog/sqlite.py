@@ -27,7 +27,7 @@ import sqlite3
 import threading
 import time
 import urllib.parse
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from node.catalog.records import (OBJECT_COLUMNS, SESSION_COLUMNS, CatalogState, FileRef,
                                   ObjectRecord, SessionRecord, object_from_row, object_values,
@@ -35,6 +35,7 @@ from node.catalog.records import (OBJECT_COLUMNS, SESSION_COLUMNS, CatalogState,
 from node.errors import DiskFull, TooManySessions
 from node.session_rules import State
 
+T = TypeVar("T")
 FILE_NAME = "catalog.db"
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 10_000
@@ -394,6 +395,11 @@ class Catalog:
             self._add_garbage(db, [("objects", current.disk_name)], now_ms)
             return current
 
+    def with_object(self, object_id: str, fn: Callable[[ObjectRecord | None], T]) -> T:
+        """Run fn(current row) while no other process can change `object_id` (index repair)."""
+        with self.write() as db:
+            return fn(self._get_object_in(db, object_id))
+
     def drop_object_row(self, object_id: str) -> None:
         """Recovery only: forget an object whose bytes are gone."""
         with self.write() as db:
@@ -436,3 +442,28 @@ class CatalogPool:
                 with contextlib.suppress(Exception):
                     catalog.close()
             self._all.clear()
+
+
+class SqliteBackend:
+    """The embedded catalog: `catalog.db` in the data directory, for one node."""
+
+    name = "sqlite"
+    shares_data_dir = False
+
+    def __init__(self, data_dir: str) -> None:
+        self.data_dir = data_dir
+
+    def describe(self) -> str:
+        return f"catalog {os.path.join(self.data_dir, FILE_NAME)}"
+
+    def inspect(self) -> tuple[CatalogState, str]:
+        return inspect_catalog(self.data_dir)
+
+    def prepare(self) -> None:
+        Catalog.prepare(self.data_dir)
+
+    def catalog_id(self) -> str:
+        return Catalog.prepared_id(self.data_dir)
+
+    def pool(self) -> CatalogPool:
+        return CatalogPool(self.data_dir)

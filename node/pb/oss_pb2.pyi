@@ -220,7 +220,7 @@ class GetNodeInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("version", "default_chunk_size", "max_chunk_size", "max_object_size", "session_ttl_ms", "checksums", "workers", "worker_id", "stream_idle_timeout_ms", "max_sessions", "max_sessions_per_client", "disk_reserve_bytes", "rate_limit_requests", "rate_limit_bytes", "auth_required", "max_streams_per_client", "max_streams_per_connection", "download_stall_timeout_ms")
+    __slots__ = ("version", "default_chunk_size", "max_chunk_size", "max_object_size", "session_ttl_ms", "checksums", "workers", "worker_id", "stream_idle_timeout_ms", "max_sessions", "max_sessions_per_client", "disk_reserve_bytes", "rate_limit_requests", "rate_limit_bytes", "auth_required", "max_streams_per_client", "max_streams_per_connection", "download_stall_timeout_ms", "node_name", "catalog_backend")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -239,6 +239,8 @@ class NodeInfo(_message.Message):
     MAX_STREAMS_PER_CLIENT_FIELD_NUMBER: _ClassVar[int]
     MAX_STREAMS_PER_CONNECTION_FIELD_NUMBER: _ClassVar[int]
     DOWNLOAD_STALL_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_BACKEND_FIELD_NUMBER: _ClassVar[int]
     version: str
     default_chunk_size: int
     max_chunk_size: int
@@ -257,4 +259,6 @@ class NodeInfo(_message.Message):
     max_streams_per_client: int
     max_streams_per_connection: int
     download_stall_timeout_ms: int
-    def __init__(self, version: _Optional[str] = ..., default_chunk_size: _Optional[int] = ..., max_chunk_size: _Optional[int] = ..., max_object_size: _Optional[int] = ..., session_ttl_ms: _Optional[int] = ..., checksums: _Optional[_Iterable[str]] = ..., workers: _Optional[int] = ..., worker_id: _Optional[int] = ..., stream_idle_timeout_ms: _Optional[int] = ..., max_sessions: _Optional[int] = ..., max_sessions_per_client: _Optional[int] = ..., disk_reserve_bytes: _Optional[int] = ..., rate_limit_requests: _Optional[float] = ..., rate_limit_bytes: _Optional[int] = ..., auth_required: _Optional[bool] = ..., max_streams_per_client: _Optional[int] = ..., max_streams_per_connection: _Optional[int] = ..., download_stall_timeout_ms: _Optional[int] = ...) -> None: ...
+    node_name: str
+    catalog_backend: str
+    def __init__(self, version: _Optional[str] = ..., default_chunk_size: _Optional[int] = ..., max_chunk_size: _Optional[int] = ..., max_object_size: _Optional[int] = ..., session_ttl_ms: _Optional[int] = ..., checksums: _Optional[_Iterable[str]] = ..., workers: _Optional[int] = ..., worker_id: _Optional[int] = ..., stream_idle_timeout_ms: _Optional[int] = ..., max_sessions: _Optional[int] = ..., max_sessions_per_client: _Optional[int] = ..., disk_reserve_bytes: _Optional[int] = ..., rate_limit_requests: _Optional[float] = ..., rate_limit_bytes: _Optional[int] = ..., auth_required: _Optional[bool] = ..., max_streams_per_client: _Optional[int] = ..., max_streams_per_connection: _Optional[int] = ..., download_stall_timeout_ms: _Optional[int] = ..., node_name: _Optional[str] = ..., catalog_backend: _Optional[str] = ...) -> None: ...

@@ -34,7 +34,9 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
 from node import datadir
+from node.catalog import open_backend
 from node.config import Settings, split_host_port
+from node.errors import CatalogUnavailable
 from node.limits import raise_fd_limit
 from node.metrics import MetricsBlock
 from node.store import prepare_data_dir
@@ -115,20 +117,27 @@ class Supervisor:
     def run(self) -> int:
         self._install_signals()
         raise_fd_limit()
+        backend = open_backend(self.settings)
+        reservation = None
         try:
+            # One node per data directory on SQLite; on a shared catalog, nodes share it.
             self.lock = datadir.acquire(self.settings.data_dir, f"mini-oss serve --listen "
-                                        f"{self.settings.listen}", log=log)
-            report = prepare_data_dir(self.settings)
+                                        f"{self.settings.listen}", log=log,
+                                        shared=backend.shares_data_dir)
             reservation = reserve_port(self.settings.listen)
-        except (OSError, datadir.DataDirError) as exc:
+            self.port = reservation.getsockname()[1]
+            self.settings = _with_port(self.settings, self.port)
+            log.info("node %s, %s", self.settings.node_name, backend.describe())
+            report = prepare_data_dir(self.settings)
+        except (OSError, datadir.DataDirError, CatalogUnavailable) as exc:
             print(f"mini-oss: error: cannot start: {exc}", file=sys.stderr, flush=True)
             if self.lock is not None:
                 self.lock.release()
+            if reservation is not None:
+                reservation.close()
             return 1
         if any(report.values()):
             log.info("recovery: %s", report)
-        self.port = reservation.getsockname()[1]
-        self.settings = _with_port(self.settings, self.port)
         for name, value in WORKER_MALLOC_ENV.items():
             os.environ.setdefault(name, value)  # a user's own setting wins
         self.metrics = MetricsBlock.create(self.count)
@@ -305,7 +314,8 @@ def _with_port(settings: Settings, port: int) -> Settings:
 
     host, _ = split_host_port(settings.listen)
     host = f"[{host}]" if ":" in host else host
-    return dataclasses.replace(settings, listen=f"{host}:{port}")
+    name = settings.node_name or f"{socket.gethostname()}:{port}"
+    return dataclasses.replace(settings, listen=f"{host}:{port}", node_name=name)
 
 
 def run(settings: Settings) -> int:
