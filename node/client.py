@@ -5,6 +5,9 @@ Theory of operation
 `Client` wraps one or more synchronous gRPC channels to a node. Several channels are opened as
 separate TCP connections (a local subchannel pool and a distinct channel argument each), because
 the node spreads *connections* over its worker processes; calls go round-robin over them.
+Several nodes serving one namespace are given as one string, "a:8080,b:8080": the channels
+alternate between the addresses, so calls go round robin over the nodes, and a retry after
+UNAVAILABLE goes to the next one.
 
 Every failed call is turned into the typed `node.errors.OssError` by `node.status`, so callers
 never see `grpc.RpcError`. What is retried follows the retry contract of API.md:
@@ -16,7 +19,8 @@ never see `grpc.RpcError`. What is retried follows the retry contract of API.md:
   an empty session that expires, so it is retried like the reads.
 * Upload and download streams also resume after CANCELLED (the server or the network cut them).
 * A transport UNAVAILABLE before this client has ever reached the node (connection refused, wrong
-  address) is final at once: nobody wants a typo retried for twenty seconds.
+  address) is final at once: nobody wants a typo retried for twenty seconds. With several
+  addresses, only once each of them has failed so.
 * The attempt and deadline limits of `RetryPolicy` count failures *without progress*: a stream
   that moved the durable offset forward resets them, so a long transfer over a flaky link goes on
   as long as it advances.
@@ -136,6 +140,10 @@ class RetryPolicy:
 
 
 NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+#: How long an address that failed at the transport is skipped when there are others.
+ADDRESS_PAUSE = 5.0
 
 
 class _Retrier:
@@ -367,6 +375,10 @@ class Client:
         if channels < 1:
             raise ValueError("channels must be >= 1")
         self.addr = addr
+        #: The nodes' addresses ("a:8080,b:8080" is two nodes serving one namespace).
+        self.addrs = [a.strip() for a in addr.split(",") if a.strip()]
+        if not self.addrs:
+            raise ValueError("no address given")
         self.tls = bool(tls or tls_ca is not None or tls_server_name)
         credentials, metadata = _credentials(token, self.tls, tls_ca)
         #: Keyword arguments of every call: the token's metadata on a plaintext channel.
@@ -378,19 +390,24 @@ class Client:
         self.timeout = timeout
         self._channels: list[grpc.Channel] = []
         for i in range(channels):
-            opts = list(CHANNEL_OPTIONS) + list(options)
-            if channels > 1:
-                # A private subchannel pool and a distinct argument: gRPC would otherwise let
-                # channels to the same target share one TCP connection (one worker).
-                opts += [("grpc.use_local_subchannel_pool", 1), ("mini_oss.channel_index", i)]
-            if credentials is not None:
-                self._channels.append(grpc.secure_channel(addr, credentials, options=opts))
-            else:
-                self._channels.append(grpc.insecure_channel(addr, options=opts))
+            for target in self.addrs:  # interleaved: consecutive calls go to different nodes
+                opts = list(CHANNEL_OPTIONS) + list(options)
+                if channels > 1:
+                    # A private subchannel pool and a distinct argument: gRPC would otherwise
+                    # let channels to the same target share one TCP connection (one worker).
+                    opts += [("grpc.use_local_subchannel_pool", 1), ("mini_oss.channel_index", i)]
+                if credentials is not None:
+                    self._channels.append(grpc.secure_channel(target, credentials, options=opts))
+                else:
+                    self._channels.append(grpc.insecure_channel(target, options=opts))
         self._stubs = [oss_pb2_grpc.ObjectStorageStub(c) for c in self._channels]
         self._next = itertools.count()
         self._lock = threading.Lock()
-        self._reached = False  # has any call ever got an answer from the node?
+        self._reached = False  # has any call ever got an answer from a node?
+        self._unreached_failures = 0  # transport failures before that
+        #: When each address may be tried again after a transport failure (monotonic seconds).
+        self._down_until = [0.0] * len(self.addrs)
+        self._last = threading.local()  # which channel this thread's last call used
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -405,18 +422,35 @@ class Client:
             channel.close()
 
     def _stub(self) -> oss_pb2_grpc.ObjectStorageStub:
+        """The next channel's stub, round robin, skipping an address that just failed (unless
+        every address did)."""
+        now = time.monotonic()
         with self._lock:
-            i = next(self._next)
-        return self._stubs[i % len(self._stubs)]
+            for _ in range(len(self._stubs)):
+                i = next(self._next) % len(self._stubs)
+                if self._down_until[i % len(self.addrs)] <= now:
+                    break
+        self._last.index = i
+        return self._stubs[i]
 
     def _error(self, exc: grpc.RpcError) -> OssError:
         err = from_rpc_error(exc)
         if err.reason:
             self._reached = True
+        elif err.code == "UNAVAILABLE":
+            with self._lock:
+                if not self._reached:
+                    self._unreached_failures += 1
+                last = getattr(self._last, "index", None)
+                if last is not None and len(self.addrs) > 1:
+                    # That node is unreachable: the next calls go to the others for a while.
+                    self._down_until[last % len(self.addrs)] = time.monotonic() + ADDRESS_PAUSE
         return err
 
     def _never_reached(self, err: OssError) -> bool:
-        return err.code == "UNAVAILABLE" and not err.reason and not self._reached
+        """A transport failure, no node ever answered, and every address has failed so."""
+        return (err.code == "UNAVAILABLE" and not err.reason and not self._reached
+                and self._unreached_failures >= len(self.addrs))
 
     def _should_retry(self, err: OssError, idempotent: bool) -> bool:
         if self._never_reached(err):
