@@ -1,4 +1,5 @@
-"""kill -9 at random moments of many concurrent overwrites, with a reader polling index/.
+"""kill -9 at random moments of many concurrent overwrites, with a reader polling index/ (one
+node, or two nodes sharing a PostgreSQL catalog and the data directory).
 
 Every object exists as v1; concurrent clients overwrite each with v2 while a killer thread
 kill -9s a random worker, or the whole node (restarted on the same port), at random times: mid
@@ -83,18 +84,26 @@ CHUNK = 64 * KiB
 MAX_GAP = 0.6  # seconds between two kills, at most
 
 
-def storm(node_factory, tmp_path, *, uploads: int, size: int, kills: int, node_kills: int) -> dict:
+def storm(node_factory, tmp_path, *, uploads: int, size: int, kills: int, node_kills: int,
+          shared_catalog: str = "") -> dict:
     """Each client reads its file slowly enough that its upload outlasts the whole kill plan
-    (kills x MAX_GAP, plus 4 s per restart of the node), so every kill lands while uploads run."""
+    (kills x MAX_GAP, plus 4 s per restart of the node), so every kill lands while uploads run.
+
+    `shared_catalog`: a PostgreSQL URL; then two nodes of one worker each share the data
+    directory and the catalog, clients use both addresses, and kills pick either node."""
     pace = ((kills + node_kills) * MAX_GAP + 4.0 * (1 + node_kills)) / (size // CHUNK)
-    port = free_port()
-    node = node_factory(workers=2, listen=f"127.0.0.1:{port}",
-                        env={"MINI_OSS_CHECKPOINT_BYTES": str(256 * KiB),
-                             "MINI_OSS_DEFAULT_CHUNK_SIZE": str(CHUNK)})
+    ports = [free_port() for _ in range(2 if shared_catalog else 1)]
+    extra = {"catalog": shared_catalog} if shared_catalog else {}
+    nodes = [node_factory(data_dir=tmp_path / "data", workers=1 if shared_catalog else 2,
+                          listen=f"127.0.0.1:{port}", **extra,
+                          env={"MINI_OSS_CHECKPOINT_BYTES": str(256 * KiB),
+                               "MINI_OSS_DEFAULT_CHUNK_SIZE": str(CHUNK)}) for port in ports]
+    node = nodes[0]
+    addr = ",".join(f"127.0.0.1:{port}" for port in ports)
     policy = RetryPolicy(max_attempts=40, initial_backoff=0.05, max_backoff=1.0, deadline=180)
     v1 = {f"obj-{i:03d}": os.urandom(size // 2) for i in range(uploads)}
     v2 = {f"obj-{i:03d}": os.urandom(size + i) for i in range(uploads)}
-    with Client(node.addr) as client:
+    with Client(addr) as client:
         for object_id, data in v1.items():
             (tmp_path / object_id).write_bytes(data)
             client.upload(tmp_path / object_id, object_id)
@@ -108,7 +117,7 @@ def storm(node_factory, tmp_path, *, uploads: int, size: int, kills: int, node_k
         path = tmp_path / f"{object_id}.v2"
         path.write_bytes(v2[object_id])
         try:
-            with Client(f"127.0.0.1:{port}", retry=policy) as client, PacedFile(path, pace) as source:
+            with Client(addr, retry=policy) as client, PacedFile(path, pace) as source:
                 results[object_id] = client.upload(source, object_id, file_name=f"{object_id}.bin")
         except Exception as exc:  # reported below with the object's name
             results[object_id] = exc
@@ -124,14 +133,15 @@ def storm(node_factory, tmp_path, *, uploads: int, size: int, kills: int, node_k
         time.sleep(rng.uniform(0.1, MAX_GAP))
         if all(not t.is_alive() for t in threads):
             break
+        victim = rng.choice(nodes)
         if what == "node":
-            node.kill()
-            node.start()
+            victim.kill()
+            victim.start()
             killed["node"] += 1
         else:
             for _ in range(50):  # a worker killed a moment ago may not be replaced yet
                 try:
-                    os.kill(rng.choice(list(node.worker_pids().values())), signal.SIGKILL)
+                    os.kill(rng.choice(list(victim.worker_pids().values())), signal.SIGKILL)
                 except (ProcessLookupError, IndexError):
                     time.sleep(0.1)
                     continue
@@ -148,7 +158,7 @@ def storm(node_factory, tmp_path, *, uploads: int, size: int, kills: int, node_k
         assert info.sha256 == hashlib.sha256(v2[object_id]).hexdigest(), object_id
     assert poller.anomalies == [], poller.anomalies[:10]
     assert poller.reads > uploads
-    with Client(f"127.0.0.1:{port}") as client:
+    with Client(addr) as client:
         for object_id in v2:
             out = tmp_path / f"{object_id}.out"
             client.download(object_id, out)
@@ -168,3 +178,11 @@ def test_fault_storm_50_uploads(node_factory, tmp_path):
     report = storm(node_factory, tmp_path, uploads=50, size=4096 * KiB, kills=12, node_kills=3)
     print(f"\nfault storm: {report}")
     assert report["killed"] == {"workers": 12, "node": 3}, "the uploads ended before the kills"
+
+
+@pytest.mark.slow
+def test_fault_storm_on_two_nodes_sharing_postgresql(node_factory, tmp_path, postgres_server):
+    report = storm(node_factory, tmp_path, uploads=30, size=2048 * KiB, kills=8, node_kills=2,
+                   shared_catalog=postgres_server.new_database())
+    print(f"\nfault storm, two nodes on PostgreSQL: {report}")
+    assert report["killed"] == {"workers": 8, "node": 2}, "the uploads ended before the kills"

@@ -12,8 +12,12 @@ backend's method of the same name (node.catalog.sqlite), across nodes:
 * Session caps count and insert under one transaction-scoped advisory lock: no overshoot.
 * Serialization failures and deadlocks (40001, 40P01) are retried here; a server that cannot
   be reached (down, restarting, the pool timing out) is `CatalogUnavailable`: UNAVAILABLE,
-  retryable. The pool checks a connection before lending it, so a restarted server is used
-  again without a restart of the node.
+  retryable. After a restart of the server the pool's idle connections are dead: a call that
+  finds one before anything ran (a read, or a BEGIN that failed) has the pool check and drop
+  them all, and runs again, so the node serves again without a restart of its own.
+* Reads are one statement in autocommit (one round trip); writes are one transaction. Measured
+  here (unix socket, 2 cores): a read 195 us that way, 570 us with BEGIN/COMMIT and a
+  connection check per call.
 * The schema is created by whichever node comes first, under an advisory lock (safe when two
   start at once), with a schema version in `node_facts`.
 
@@ -127,8 +131,7 @@ class PostgresCatalog:
         self.pool = psycopg_pool.ConnectionPool(
             url, min_size=1, max_size=max(2, max_connections), timeout=timeout,
             kwargs={"autocommit": True, "connect_timeout": max(1, int(timeout))},
-            check=psycopg_pool.ConnectionPool.check_connection, open=False,
-            name="mini-oss-catalog")
+            open=False, name="mini-oss-catalog")
         self.pool.open(wait=False)
 
     def close(self) -> None:
@@ -137,12 +140,25 @@ class PostgresCatalog:
     # -- transactions -----------------------------------------------------------------------
 
     def _tx(self, fn: Callable[..., T]) -> T:
-        """Run fn(conn) in one transaction; retry serialization failures and deadlocks."""
+        """Run fn(conn) in one transaction; retry serialization failures and deadlocks, and
+        once a connection found dead before the transaction began."""
+        return self._run(fn, transaction=True)
+
+    def _rows(self, sql: str, args: tuple | list = ()) -> list[tuple]:
+        """One read statement, in autocommit."""
+        return self._run(lambda conn: conn.execute(sql, args).fetchall(), transaction=False)
+
+    def _run(self, fn: Callable[..., T], *, transaction: bool) -> T:
         delay = 0.005
+        rechecked = False
         for attempt in range(RETRIES):
+            begun = False  # a read may always run again; a write only if BEGIN never ran
             try:
                 with self.pool.connection() as conn:
+                    if not transaction:
+                        return fn(conn)
                     with conn.transaction():
+                        begun = True
                         return fn(conn)
             except self._retryable:
                 if attempt == RETRIES - 1:
@@ -152,11 +168,13 @@ class PostgresCatalog:
             except self._pool_errors as exc:
                 raise CatalogUnavailable(f"the catalog database cannot be reached ({exc})") from exc
             except self._psycopg.OperationalError as exc:
+                nothing_ran = not transaction or not begun
+                if nothing_ran and not rechecked:
+                    rechecked = True  # stale connections (the server restarted): drop, retry
+                    self.pool.check()
+                    continue
                 raise CatalogUnavailable(f"the catalog database failed: {str(exc).strip()}") from exc
         raise AssertionError("unreachable")
-
-    def _rows(self, sql: str, args: tuple | list = ()) -> list[tuple]:
-        return self._tx(lambda conn: conn.execute(sql, args).fetchall())
 
     # -- facts ------------------------------------------------------------------------------
 

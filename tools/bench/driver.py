@@ -87,7 +87,10 @@ class Channel:
 
         self.id = channel_id
         self.pb = oss_pb2
-        self.channel = grpc.aio.insecure_channel(cfg.addr, options=channel_options(cfg, channel_id))
+        # Several nodes ("a:1,b:2"): channels are dealt over them round robin.
+        addrs = cfg.addr.split(",")
+        self.channel = grpc.aio.insecure_channel(addrs[channel_id % len(addrs)],
+                                                 options=channel_options(cfg, channel_id))
         ident = None  # grpc passes bytes through when no (de)serializer is given
         self.create = self.channel.unary_unary(SERVICE + "CreateUploadSession",
                                                request_serializer=oss_pb2.CreateUploadSessionRequest.SerializeToString,

@@ -71,6 +71,14 @@ def find_node(port: int, node_pid: int | None = None) -> NodeProcesses:
     return NodeProcesses(sup, workers, f"listening on port {port}")
 
 
+def find_nodes(ports: list[int], node_pid: int | None = None) -> NodeProcesses:
+    """The workers of every node listening on `ports` (several nodes of one namespace)."""
+    if len(ports) == 1:
+        return find_node(ports[0], node_pid)
+    found = [find_node(port) for port in ports]
+    return NodeProcesses(None, [w for f in found for w in f.workers], "; ".join(f.how for f in found))
+
+
 def _cmdline(proc: psutil.Process) -> list[str]:
     try:
         return proc.cmdline()

@@ -178,10 +178,11 @@ def run_bench(cfg: BenchConfig, *, node_pid: int | None = None, labels: dict[int
 
     `sync`: os.sync() after the set-up, just before the timed phase (compare does)."""
     cfg = cfg.replace(run_id=cfg.run_id or secrets.token_hex(3))
-    target = describe_target(cfg.addr)
+    first = cfg.addr.split(",")[0]  # several nodes of one namespace: any one describes it
+    target = describe_target(first)
     machine = procmetrics.machine_info()
-    port = int(cfg.addr.rsplit(":", 1)[1])
-    node = procmetrics.find_node(port, node_pid or cfg.node_pid)
+    ports = [int(a.rsplit(":", 1)[1]) for a in cfg.addr.split(",")]
+    node = procmetrics.find_nodes(ports, node_pid or cfg.node_pid)
     ids, size, shas = ([], cfg.file_size, {})
     if cfg.mode == "download":
         ids, size, shas = prepare_downloads(cfg, target)
@@ -228,7 +229,7 @@ def run_bench(cfg: BenchConfig, *, node_pid: int | None = None, labels: dict[int
     report = stats.aggregate(cfg, ordered, sampler.report(), target, machine)
     if cfg.mode == "upload" and not cfg.keep and target["kind"] == "node":
         committed = [oid for r in ordered for oid in r.committed]
-        report["deleted"] = len(committed) - delete_objects(cfg.addr, committed)
+        report["deleted"] = len(committed) - delete_objects(first, committed)
     if not quiet:
         print("\n" + _body(report, cfg), flush=True)
     if cfg.json_path:
