@@ -170,3 +170,25 @@ def test_expiry_listing_and_forgetting_ended_sessions(catalog):
     assert catalog.forget_ended(150) == 0
     assert catalog.forget_ended(250) == 1
     assert catalog.get_session("old") is None and catalog.get_session("new") is not None
+
+
+def test_postgres_nodes_starting_at_once_create_one_schema(postgres_server):
+    """Whichever node comes first creates the schema; several at once agree on one identity
+    (an advisory lock orders them). SQLite needs no such test: one supervisor prepares it,
+    holding the data directory's lock."""
+    url = postgres_server.new_database()
+    backends = [open_backend(types.SimpleNamespace(catalog=url, data_dir="", io_threads=2)) for _ in range(6)]
+    failures: list[BaseException] = []
+
+    def prepare(backend) -> None:
+        try:
+            backend.prepare()
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+    threads = [threading.Thread(target=prepare, args=(b,)) for b in backends]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert len({b.catalog_id() for b in backends}) == 1
