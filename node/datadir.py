@@ -111,8 +111,8 @@ def acquire(data_dir: str, holder: str, *, orphan_wait: float = ORPHAN_WAIT_SECO
                             data_dir, _describe(info))
             told = True
             time.sleep(0.1)
-        if not shared:
-            _write_holder(fd, holder)
+        # (shared holders each write it: the last one is named, which is enough to say who)
+        _write_holder(fd, holder)
         return DataDirLock(data_dir, fd)
     except BaseException:
         os.close(fd)

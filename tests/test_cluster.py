@@ -186,7 +186,8 @@ def test_a_mistyped_catalog_url_is_refused_not_taken_for_an_empty_namespace(clus
     solo = subprocess.run([sys.executable, "-m", "node", "serve", "--listen", "127.0.0.1:0",
                            "--data-dir", str(cluster.data_dir), "--metrics-listen", ""],
                           capture_output=True, text=True, timeout=60)
-    assert solo.returncode == 1 and "in use" in solo.stderr.strip().splitlines()[-1]
+    refusal = solo.stderr.strip().splitlines()[-1]
+    assert solo.returncode == 1 and "is in use by mini-oss serve" in refusal, refusal
     with Client(b.addr) as client:
         assert client.stat("kept").size == 7
 
