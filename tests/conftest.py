@@ -224,6 +224,11 @@ def node_factory(tmp_path, request, catalog_backend):
         return node.start()
 
     yield make
+    stop_all(nodes)
+
+
+def stop_all(nodes: list[RunningNode]) -> None:
+    """Stop every node at the end of a test; kill one that does not stop."""
     for node in nodes:
         try:
             node.stop(timeout=15)

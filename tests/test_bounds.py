@@ -31,7 +31,7 @@ import psutil
 import pytest
 from grpc_health.v1 import health_pb2
 
-from conftest import RunningNode
+from conftest import RunningNode, stop_all
 from node.client import NO_RETRY, Client
 from node.config import Settings
 from node.pb import oss_pb2 as pb
@@ -228,11 +228,7 @@ def limited_node(tmp_path):
         return node.start()
 
     yield make
-    for node in nodes:
-        try:
-            node.stop(timeout=15)
-        except Exception:
-            node.kill()
+    stop_all(nodes)
 
 
 def test_worker_raises_its_soft_fd_limit_to_the_hard_one(limited_node):
