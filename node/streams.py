@@ -155,7 +155,7 @@ class UploadStream:
 
     def session(self) -> SessionRecord:
         if self.committed is not None:
-            return self.store.catalog.get_session(self.upload_id) or self.rec
+            return self.rec  # as committed: this stream's commit wrote it, or the lookup read it
         return self.rec.replace(uploaded_offset=self.durable_offset, sha256=self._durable_sha256)
 
     def _release_quietly(self) -> None:
@@ -260,6 +260,8 @@ class UploadStream:
             # Freed at once (API.md). A reader that already opened it keeps reading it.
             store.storage.remove_object(replaced.disk_name)
         self.committed = obj
+        self.rec = rec.replace(state=State.COMMITTED, uploaded_offset=obj.size, updated_at_ms=now,
+                               expires_at_ms=now + store.ttl_ms, object=obj)
         self.durable_offset = self.offset
         self.claim.release()
         self.claim = None
