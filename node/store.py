@@ -119,9 +119,10 @@ class Store:
         chunk_size = advise_chunk_size(req.chunk_size, self.settings.default_chunk_size,
                                        self.settings.max_chunk_size)
         sha256 = normalize_sha256(req.sha256)
-        current = self.catalog.get_object(object_id)
-        check_preconditions(current.generation if current else None, req.if_absent,
-                            req.if_generation_match)
+        if req.if_absent or req.if_generation_match:  # (else there is nothing to check yet)
+            current = self.catalog.get_object(object_id)
+            check_preconditions(current.generation if current else None, req.if_absent,
+                                req.if_generation_match)
         free = self.storage.free_bytes()
         if free < self.settings.disk_reserve:
             raise DiskFull("free space is below the node's reserve: no new uploads for now",
