@@ -13,10 +13,16 @@ Client commands take `--token` (or `--token-file`, `$MINI_OSS_TOKEN`, `$MINI_OSS
 these keep the token out of the process list) and `--tls`, `--tls-ca`, `--tls-server-name`.
 No message ever prints a token.
 
+`put` and `get` resume when run again (`node.resume`, state in `node.transfer_state`): Ctrl-C,
+kill -9, a lost connection or a node restart leave what a re-run needs; `--no-resume` starts
+afresh. `uploads` lists the node's ACTIVE sessions, `abort` ends one.
+
 Output: a short human line (or table) on stdout; with `--json` the ObjectInfo fields as one JSON
-object (`ls`: one per line) for scripts. A progress bar with rate and ETA goes to stderr only
-when stderr is a terminal and `--json` is off. Any failure is ONE line on stderr,
-`mini-oss: error: CODE REASON: message`, and exit status 1; usage errors exit 2 (argparse).
+object (`ls`, `uploads`: one per line) for scripts. A progress line (binary units, rate, ETA;
+`node.progress`) goes to stderr only when stdout and stderr are terminals and none of `--json`,
+`--quiet`, `--no-progress` is given. Any failure is ONE line on stderr,
+`mini-oss: error: CODE REASON: message`, and exit status 1; usage errors exit 2 (argparse);
+Ctrl-C exits 130 after saying how to continue.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from typing import Any, Iterator, Sequence
 
 from node import config
 from node.errors import OssError
+from node.progress import human_size
 
 PROG = "mini-oss"
 DEFAULT_ADDR = "127.0.0.1:8080"
@@ -140,15 +147,6 @@ def info_dict(info: Any) -> dict[str, Any]:
                                      unquote_int64_if_possible=True)
 
 
-def human_size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
-
-
 def _time(ms: int) -> str:
     if not ms:
         return "-"
@@ -199,8 +197,14 @@ SERVE_FLAGS: list[tuple[str, Any, str]] = [
 ]
 
 
+EXIT_STATUSES = ("exit status: 0 done; 1 failure (one line on stderr); 2 usage error; "
+                 "130 interrupted by Ctrl-C (put and get then say how to continue: run the "
+                 "same command again)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Mini OSS object storage node and client.")
+    parser = argparse.ArgumentParser(prog=PROG, description="Mini OSS object storage node and client.",
+                                     epilog=EXIT_STATUSES)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     docs = {name: doc for name, _default, doc in config.documentation()}
@@ -238,7 +242,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the name the node's certificate must carry (default: the host "
                              "of --addr); implies --tls")
 
-    put = sub.add_parser("put", parents=[common], help="upload a file")
+    transfer = argparse.ArgumentParser(add_help=False)
+    transfer.add_argument("--no-resume", action="store_true",
+                          help="start afresh: forget (and for put, abort) what an interrupted "
+                               "run of this same command left to resume")
+    transfer.add_argument("--no-progress", action="store_true", help="draw no progress line")
+    transfer.add_argument("--quiet", "-q", action="store_true",
+                          help="print nothing but errors (no progress, no notices, no result)")
+
+    put = sub.add_parser(
+        "put", parents=[common, transfer], help="upload a file (resumes when run again)",
+        description="Upload FILE. Interrupted (Ctrl-C, kill, a lost connection, a node "
+                    "restart), the same command run again resumes where the node left off, "
+                    "if FILE is unchanged; state lives in $XDG_CACHE_HOME/mini-oss/ "
+                    "(default ~/.cache/mini-oss/).", epilog=EXIT_STATUSES)
     put.add_argument("file", metavar="FILE")
     put.add_argument("--object-id", metavar="ID",
                      help="default: the file's base name made a valid object id")
@@ -251,10 +268,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="replace only this generation")
     put.add_argument("--metadata", "-m", type=parse_metadata, action="append", default=[],
                      metavar="KEY=VALUE", help="user metadata (repeatable)")
-    put.add_argument("--upload-id", metavar="ID", help="continue this upload session")
+    put.add_argument("--upload-id", metavar="ID",
+                     help="continue this upload session (without local resume state)")
     put.set_defaults(func=cmd_put)
 
-    get = sub.add_parser("get", parents=[common], help="download an object")
+    get = sub.add_parser(
+        "get", parents=[common, transfer], help="download an object (resumes when run again)",
+        description="Download OBJECT_ID. The bytes go to PATH.mini-oss-partial and are renamed "
+                    "into place once their SHA-256 is checked; interrupted, the same command "
+                    "run again asks only for the rest, if the object did not change (a --range "
+                    "or '-o -' download starts over).", epilog=EXIT_STATUSES)
     get.add_argument("object_id", metavar="OBJECT_ID")
     get.add_argument("-o", "--output", metavar="PATH",
                      help="file or directory to write (default: the object's file name, made "
@@ -274,6 +297,17 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("ls", parents=[common], help="list objects")
     ls.add_argument("--prefix", default="", metavar="P")
     ls.set_defaults(func=cmd_ls)
+
+    uploads = sub.add_parser("uploads", parents=[common], help="list unfinished upload sessions",
+                             description="List the node's ACTIVE upload sessions: upload id, "
+                                         "object id, bytes done of size, expiry.")
+    uploads.add_argument("--prefix", default="", metavar="P", help="object ids starting with P")
+    uploads.set_defaults(func=cmd_uploads)
+
+    abort = sub.add_parser("abort", parents=[common], help="abort an upload session",
+                           description="Abort an ACTIVE upload session and free its bytes.")
+    abort.add_argument("upload_id", metavar="UPLOAD_ID")
+    abort.set_defaults(func=cmd_abort)
 
     rm = sub.add_parser("rm", parents=[common], help="delete an object")
     rm.add_argument("object_id", metavar="ID")
@@ -309,8 +343,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     try:
         return args.func(args)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        hint = getattr(exc, "hint", "")
+        print(f"{PROG}: interrupted" + (f" {hint}" if hint else ""), file=sys.stderr)
         return 130
     except BrokenPipeError:
         with contextlib.suppress(OSError):
@@ -372,29 +407,34 @@ def _client(args: argparse.Namespace):
 
 
 @contextlib.contextmanager
-def _progress(args: argparse.Namespace, desc: str) -> Iterator[Any]:
-    """A progress(done, total) callback drawing a tqdm bar on a terminal, or None."""
-    if args.json or not sys.stderr.isatty():
+def _progress(args: argparse.Namespace, label: str) -> Iterator[Any]:
+    """A progress(done, total) callback drawing one line on stderr, or None: only when both
+    stdout and stderr are terminals (never into a pipe or a file) and nothing asked for quiet."""
+    if (args.json or getattr(args, "quiet", False) or getattr(args, "no_progress", False)
+            or not sys.stdout.isatty() or not sys.stderr.isatty()):
         yield None
         return
-    from tqdm import tqdm
+    from node.progress import ProgressLine
 
-    bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
-               file=sys.stderr, leave=False, dynamic_ncols=True)
-
-    def update(done: int, total: int) -> None:
-        if bar.total != total:
-            bar.total = total
-        bar.update(done - bar.n)
-
+    line = ProgressLine(label)
     try:
-        yield update
+        yield line
     finally:
-        bar.close()
+        line.close()
+
+
+def _notifier(args: argparse.Namespace):
+    """Where a transfer says what it decided (resuming, starting over, and why): stderr."""
+    def notify(message: str) -> None:
+        if not getattr(args, "quiet", False):
+            print(f"{PROG}: {message}", file=sys.stderr)
+    return notify
 
 
 def _print_info(info: Any, args: argparse.Namespace, human: str, *, stream=None) -> None:
     stream = stream or sys.stdout
+    if getattr(args, "quiet", False) and not args.json:
+        return
     if args.json:
         print(json.dumps(info_dict(info), sort_keys=True), file=stream)
     else:
@@ -418,11 +458,22 @@ def cmd_put(args: argparse.Namespace) -> int:
     if content_type is None:
         content_type = mimetypes.guess_type(file_name)[0] or ""
     with _client(args) as client, _progress(args, object_id or args.upload_id) as progress:
-        info = client.upload(path, object_id, file_name=file_name, content_type=content_type,
-                             metadata=dict(args.metadata), if_absent=args.if_absent,
-                             if_generation_match=args.if_generation_match,
-                             chunk_size=args.chunk_size, upload_id=args.upload_id,
-                             progress=progress)
+        if args.upload_id:  # the person names the session: no local state involved
+            info = client.upload(path, object_id, file_name=file_name, content_type=content_type,
+                                 metadata=dict(args.metadata), if_absent=args.if_absent,
+                                 if_generation_match=args.if_generation_match,
+                                 chunk_size=args.chunk_size, upload_id=args.upload_id,
+                                 progress=progress)
+        else:
+            from node import resume
+            from node.transfer_state import StateStore
+
+            info = resume.put(client, StateStore(), path, object_id, node=args.addr,
+                              fresh=args.no_resume, notify=_notifier(args), progress=progress,
+                              file_name=file_name, content_type=content_type,
+                              metadata=dict(args.metadata), if_absent=args.if_absent,
+                              if_generation_match=args.if_generation_match,
+                              chunk_size=args.chunk_size)
     _print_info(info, args, f"uploaded {info.object_id} ({human_size(info.size)}, "
                             f"generation {info.generation}, sha256 {info.sha256})")
     return 0
@@ -450,15 +501,29 @@ def cmd_get(args: argparse.Namespace) -> int:
                 sys.stdout.buffer.flush()
             else:
                 try:
-                    info = client.download(args.object_id, output, start=start, end=end,
-                                           if_generation_match=generation, progress=progress,
-                                           overwrite=overwrite)
+                    info = _download_to_file(client, args, output, start, end, generation,
+                                             overwrite, progress)
                 except FileExistsError:  # it appeared while we downloaded
                     raise ValueError(_exists_message(output)) from None
     where = "standard output" if output == "-" else output
     _print_info(info, args, f"downloaded {info.object_id} to {where}",
                 stream=sys.stderr if output == "-" else sys.stdout)
     return 0
+
+
+def _download_to_file(client, args: argparse.Namespace, output: str, start: int,
+                      end: int | None, generation: str, overwrite: bool, progress) -> Any:
+    """A whole object resumes across runs (node.resume); a range is small enough to redo."""
+    if (start, end) != (0, None):
+        return client.download(args.object_id, output, start=start, end=end,
+                               if_generation_match=generation, progress=progress,
+                               overwrite=overwrite)
+    from node import resume
+    from node.transfer_state import StateStore
+
+    return resume.get(client, StateStore(), args.object_id, output, node=args.addr,
+                      overwrite=overwrite, generation=generation, fresh=args.no_resume,
+                      notify=_notifier(args), progress=progress)
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
@@ -516,6 +581,28 @@ def cmd_ls(args: argparse.Namespace) -> int:
         for info in client.list_objects(prefix=args.prefix):
             _print_info(info, args, f"{info.size:>14}  {_time(info.created_at_unix_ms)}  "
                                     f"{info.object_id}")
+    return 0
+
+
+def cmd_uploads(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        for session in client.list_sessions(prefix=args.prefix):
+            if args.json:
+                print(json.dumps(info_dict(session), sort_keys=True))
+            else:
+                print(f"{session.upload_id}  {session.object_id}  "
+                      f"{human_size(session.uploaded_offset)} of {human_size(session.file_size)}"
+                      f"  expires {_time(session.expires_at_unix_ms)}")
+    return 0
+
+
+def cmd_abort(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        client.abort_session(args.upload_id)
+    if args.json:
+        print(json.dumps({"upload_id": args.upload_id, "aborted": True}))
+    else:
+        print(f"aborted {args.upload_id}")
     return 0
 
 

@@ -83,6 +83,13 @@ def postgres_server():
     server.cleanup()
 
 
+@pytest.fixture(autouse=True)
+def _cache_home(tmp_path_factory, monkeypatch):
+    """Every test's `mini-oss put/get` keeps its resume state in a temp dir, never in ~/.cache
+    (child processes inherit the variable)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture
 def catalog_backend(request) -> str:
     return getattr(request, "param", "sqlite")

@@ -1,0 +1,277 @@
+"""`put` and `get` that resume when run again, for the command line.
+
+Why: the library resumes within one process; a person re-runs the command. These two functions
+put a `node.transfer_state` entry around a `Client` transfer: written before the first byte
+moves, dropped once the transfer is done or cannot be resumed, left in place by anything that
+can be resumed (Ctrl-C, kill -9, a lost connection, a node restart).
+
+put: a fresh upload hashes the whole file first and sends that SHA-256 at session creation, so
+the session only ever commits this file's bytes; a re-run resumes from the node's
+`uploaded_offset` only if the file's identity (size, mtime_ns, ctime_ns, inode, device) is
+unchanged and the session is still ACTIVE. A changed file aborts its old session (freeing its
+bytes) and uploads afresh; an expired, aborted or committed session is forgotten. Each such
+decision is one line through `notify`.
+
+get: the bytes go to `<target>.mini-oss-partial`, pinned to one generation. A re-run re-hashes
+the kept prefix, asks only for the rest with `if_generation_match`, checks the whole SHA-256
+and only then renames the file into place; if the object changed, it starts over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any, Callable
+
+from node import errors
+from node.client import ACTIVE, COMMITTED, Client, ObjectInfo, Progress, _place_new, resumable
+from node.errors import OssError
+from node.pb import oss_pb2
+from node.progress import human_size
+from node.transfer_state import (DOWNLOAD, UPLOAD, DownloadEntry, FileIdentity, StateStore,
+                                 UploadEntry, change_reason, partial_path)
+
+Notify = Callable[[str], Any]
+_BLOCK = 1024 * 1024
+
+
+class TransferInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a transfer; `hint` says where it stopped and how to continue."""
+
+    def __init__(self, hint: str) -> None:
+        super().__init__(hint)
+        self.hint = hint
+
+
+class FileChanged(ValueError):
+    """The file changed while it was being hashed: there is no one version to upload."""
+
+
+# --------------------------------------------------------------------------------------------
+# put
+
+
+def put(client: Client, store: StateStore, path: str, object_id: str, *, node: str,
+        fresh: bool = False, notify: Notify = print, progress: Progress | None = None,
+        **create: Any) -> ObjectInfo:
+    """Upload the file at `path` as `object_id`, resuming an earlier run's session if it can.
+
+    `create` holds CreateUploadSession's other fields (file_name, content_type, metadata,
+    if_absent, if_generation_match, chunk_size). `fresh` (--no-resume) aborts an old session.
+    """
+    path = os.path.abspath(path)
+    with open(path, "rb") as f:
+        identity = FileIdentity.of(os.fstat(f.fileno()))
+        entry = store.load(UPLOAD, node, object_id, path)
+        session = None
+        if isinstance(entry, UploadEntry):
+            session = _session_to_resume(client, entry, identity, fresh, notify)
+            if session is None:
+                store.drop(UPLOAD, node, object_id, path)
+        if session is None:
+            sha256 = _sha256_of(f)
+            if FileIdentity.of(os.stat(path)) != identity:
+                raise FileChanged(f"{path!r} changed while it was being read: not uploading it")
+            session = client.create_session(object_id, create.pop("file_name", "") or object_id,
+                                            identity.size, sha256=sha256, **create)
+            store.save(UploadEntry(node=node, object_id=object_id, path=path,
+                                   upload_id=session.upload_id, sha256=sha256, file=identity))
+        elif session.uploaded_offset:
+            notify(f"resuming {object_id} at {human_size(session.uploaded_offset)} of "
+                   f"{human_size(identity.size)}")
+        done = [session.uploaded_offset]
+
+        def track(sent: int, total: int) -> None:
+            done[0] = sent
+            if progress:
+                progress(sent, total)
+
+        f.seek(0)
+        try:
+            info = client.upload(f, object_id, upload_id=session.upload_id, size=identity.size,
+                                 progress=track)
+        except KeyboardInterrupt:
+            raise TransferInterrupted(
+                f"at {human_size(done[0])} of {human_size(identity.size)}; run the same command "
+                f"again to resume (upload {session.upload_id})") from None
+        except OssError as err:
+            if not resumable(err):  # the session cannot go on (e.g. SHA256_MISMATCH aborted it)
+                store.drop(UPLOAD, node, object_id, path)
+            raise
+    store.drop(UPLOAD, node, object_id, path)
+    return info
+
+
+def _session_to_resume(client: Client, entry: UploadEntry, identity: FileIdentity, fresh: bool,
+                       notify: Notify) -> oss_pb2.UploadSession | None:
+    """The earlier run's ACTIVE session if this file may continue it; else None, having said
+    why (and aborted the old session where it still holds bytes)."""
+    upload_id = entry.upload_id
+    if fresh:
+        _abort_quietly(client, upload_id)
+        notify(f"--no-resume: aborted upload {upload_id} of {entry.object_id}, starting afresh")
+        return None
+    reason = change_reason(entry.file, identity)
+    if reason:
+        _abort_quietly(client, upload_id)
+        notify(f"{entry.path} changed since upload {upload_id} began ({reason}): aborted that "
+               f"session, uploading afresh")
+        return None
+    try:
+        session = client.get_session(upload_id)
+    except errors.SessionNotFound:
+        notify(f"upload {upload_id} of {entry.object_id} expired and the node forgot it: "
+               f"uploading afresh")
+        return None
+    if session.state == COMMITTED:
+        notify(f"upload {upload_id} had already committed {entry.object_id}: uploading afresh")
+        return None
+    if session.state != ACTIVE:
+        notify(f"upload {upload_id} of {entry.object_id} was aborted or expired on the node: "
+               f"uploading afresh")
+        return None
+    if session.file_size != identity.size or session.sha256.lower() != entry.sha256.lower():
+        _abort_quietly(client, upload_id)
+        notify(f"upload {upload_id} was made for other bytes than {entry.path}: aborted it, "
+               f"uploading afresh")
+        return None
+    return session
+
+
+def _abort_quietly(client: Client, upload_id: str) -> None:
+    """Abort a session we are leaving behind; one already ended needs nothing."""
+    try:
+        client.abort_session(upload_id)
+    except (errors.SessionNotFound, errors.SessionCommitted):
+        pass
+
+
+def _sha256_of(f) -> str:
+    f.seek(0)
+    hasher = hashlib.sha256()
+    while block := f.read(_BLOCK):
+        hasher.update(block)
+    return hasher.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# get
+
+
+def get(client: Client, store: StateStore, object_id: str, target: str, *, node: str,
+        overwrite: bool = True, generation: str = "", fresh: bool = False,
+        notify: Notify = print, progress: Progress | None = None) -> ObjectInfo:
+    """Download the whole object to `target` through `<target>.mini-oss-partial`, resuming an
+    earlier run's partial file when it still belongs to the object's current version.
+
+    `generation` pins the version (the caller's stat, when it took the file name from it).
+    """
+    target = os.path.abspath(target)
+    partial = partial_path(target)
+    entry = store.load(DOWNLOAD, node, object_id, target)
+    prefix = 0
+    if isinstance(entry, DownloadEntry):
+        have = os.path.getsize(partial) if os.path.isfile(partial) else -1
+        if fresh:
+            notify(f"--no-resume: starting {object_id} over")
+        elif have < 0:
+            notify(f"the partial file of {object_id} is gone: starting over")
+        elif generation and generation != entry.generation or have > entry.size:
+            notify(f"{object_id} changed since the interrupted download: starting over")
+        else:
+            prefix = have
+        if prefix == 0:
+            store.drop(DOWNLOAD, node, object_id, target)
+            entry = None
+    if entry is not None:
+        try:
+            return _get_into(client, store, object_id, target, partial, node=node,
+                             overwrite=overwrite, entry=entry, prefix=prefix, notify=notify,
+                             progress=progress)
+        except (errors.GenerationMismatch, errors.ObjectNotFound) as err:
+            store.drop(DOWNLOAD, node, object_id, target)
+            if isinstance(err, errors.ObjectNotFound):
+                _remove(partial)
+                raise
+            notify(f"{object_id} changed since the interrupted download: starting over")
+    return _get_into(client, store, object_id, target, partial, node=node, overwrite=overwrite,
+                     entry=None, prefix=0, generation=generation, notify=notify,
+                     progress=progress)
+
+
+def _get_into(client: Client, store: StateStore, object_id: str, target: str, partial: str, *,
+              node: str, overwrite: bool, entry: DownloadEntry | None, prefix: int,
+              generation: str = "", notify: Notify, progress: Progress | None) -> ObjectInfo:
+    hasher = hashlib.sha256()
+    pin = entry.generation if entry else generation
+    stream = client.iter_download(object_id, start=prefix, if_generation_match=pin, verify=False)
+    # The partial file is made only once the node has answered with bytes: a failed first call
+    # (no such object, a bad range) leaves nothing behind.
+    f = _open_partial(partial, prefix, hasher) if prefix else None
+    done = prefix
+    try:
+        for _, data in stream:
+            info = stream.info
+            if entry is None:
+                entry = DownloadEntry(node=node, object_id=object_id, path=target,
+                                      generation=info.generation, size=info.size,
+                                      sha256=info.sha256)
+                store.save(entry)  # before the first byte lands: a kill -9 can resume
+            elif done == prefix and prefix:
+                notify(f"resuming {object_id} at {human_size(prefix)} of "
+                       f"{human_size(entry.size)}")
+            if f is None:
+                f = _open_partial(partial, 0, hasher)
+            f.write(data)
+            hasher.update(data)
+            done += len(data)
+            if progress:
+                progress(done, info.size)
+        info = stream.info
+        assert info is not None
+        if f is None:  # an empty object, or nothing was left to fetch
+            f = _open_partial(partial, prefix, hashlib.sha256())
+        f.flush()
+        os.fsync(f.fileno())
+    except KeyboardInterrupt:
+        total = stream.info.size if stream.info else 0
+        raise TransferInterrupted(f"at {human_size(done)} of {human_size(total)}; run the same "
+                                  f"command again to resume") from None
+    finally:
+        if f is not None:
+            f.close()
+    got, expected = hasher.hexdigest(), info.sha256.lower()
+    if expected and got != expected:
+        store.drop(DOWNLOAD, node, object_id, target)
+        _remove(partial)
+        raise errors.Sha256Mismatch(
+            f"{object_id} downloaded to bytes that hash to {got}, its ObjectInfo says "
+            f"{expected}: the partial file was discarded, run again to start over",
+            expected=expected, got=got)
+    if overwrite:
+        os.replace(partial, target)
+    else:
+        _place_new(partial, target)
+    store.drop(DOWNLOAD, node, object_id, target)
+    return info
+
+
+def _open_partial(partial: str, prefix: int, hasher) -> Any:
+    """The partial file, open for writing at `prefix`, its first `prefix` bytes fed to `hasher`
+    (they are hashed again, so the final check covers the kept bytes too)."""
+    fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o666)
+    f = os.fdopen(fd, "r+b")
+    left = prefix
+    while left and (block := f.read(min(_BLOCK, left))):
+        hasher.update(block)
+        left -= len(block)
+    f.truncate(prefix)
+    f.seek(prefix)
+    return f
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
