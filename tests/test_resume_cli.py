@@ -27,8 +27,8 @@ KiB = 1024
 MiB = 1024 * KiB
 SIZE = 3 * MiB
 CHUNK = 64 * KiB
-SLOW = dict(workers=1, metrics_listen="127.0.0.1:0", rate_limit_bytes="1M",
-            rate_limit_burst=0.25, default_chunk_size="64K")
+SLOW = dict(workers=1, metrics_listen="127.0.0.1:0", rate_limit_bytes="2M",
+            rate_limit_burst=0.1, default_chunk_size="64K")
 
 
 def metric(node, name: str) -> float:
