@@ -29,7 +29,8 @@ from node.errors import OssError
 from node.pb import oss_pb2
 from node.progress import human_size
 from node.transfer_state import (DOWNLOAD, UPLOAD, DownloadEntry, FileIdentity, StateStore,
-                                 UploadEntry, change_reason, partial_path)
+                                 UploadEntry, change_reason, partial_path,
+                                 remove_if_present)
 
 Notify = Callable[[str], Any]
 _BLOCK = 1024 * 1024
@@ -191,7 +192,7 @@ def get(client: Client, store: StateStore, object_id: str, target: str, *, node:
         except (errors.GenerationMismatch, errors.ObjectNotFound) as err:
             store.drop(DOWNLOAD, node, object_id, target)
             if isinstance(err, errors.ObjectNotFound):
-                _remove(partial)
+                remove_if_present(partial)
                 raise
             notify(f"{object_id} changed since the interrupted download: starting over")
     return _get_into(client, store, object_id, target, partial, node=node, overwrite=overwrite,
@@ -243,7 +244,7 @@ def _get_into(client: Client, store: StateStore, object_id: str, target: str, pa
     got, expected = hasher.hexdigest(), info.sha256.lower()
     if expected and got != expected:
         store.drop(DOWNLOAD, node, object_id, target)
-        _remove(partial)
+        remove_if_present(partial)
         raise errors.Sha256Mismatch(
             f"{object_id} downloaded to bytes that hash to {got}, its ObjectInfo says "
             f"{expected}: the partial file was discarded, run again to start over",
@@ -268,10 +269,3 @@ def _open_partial(partial: str, prefix: int, hasher) -> Any:
     f.truncate(prefix)
     f.seek(prefix)
     return f
-
-
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

@@ -147,10 +147,10 @@ class StateStore:
         except FileNotFoundError:
             return None
         except (OSError, ValueError):  # torn or foreign: never trusted, never resumed from
-            self._remove(file)
+            remove_if_present(file)
             return None
         if (entry.node, entry.object_id, entry.path) != (node, object_id, os.path.abspath(path)):
-            self._remove(file)  # a digest collision, or an edited file: not ours
+            remove_if_present(file)  # a digest collision, or an edited file: not ours
             return None
         return entry
 
@@ -167,13 +167,13 @@ class StateStore:
                 os.fsync(f.fileno())
             os.replace(tmp, self._file(kind, entry.node, entry.object_id, entry.path))
         except BaseException:
-            self._remove(tmp)
+            remove_if_present(tmp)
             raise
 
     def drop(self, kind: str, node: str, object_id: str, path: str) -> None:
-        self._remove(self._file(kind, node, object_id, path))
+        remove_if_present(self._file(kind, node, object_id, path))
 
-    @staticmethod
-    def _remove(file: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(file)
+
+def remove_if_present(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

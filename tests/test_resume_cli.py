@@ -104,6 +104,15 @@ def resumed_offset(node, object_id: str) -> int:
     return sessions[0].uploaded_offset
 
 
+def cut_upload(node_factory, tmp_path, object_id: str, **flags):
+    """A node, a file, and its upload cut by kill -9 of the CLI once checkpointed mid-way."""
+    node = node_factory(**SLOW, **flags)
+    src = tmp_path / "photo.bin"
+    data = make_file(src)
+    interrupted_put(node, src, object_id, "kill")
+    return node, src, data
+
+
 def check_resumed_put(node, src, object_id: str, data: bytes) -> dict:
     offset = resumed_offset(node, object_id)
     before = received(node)
@@ -168,10 +177,7 @@ def test_put_resumes_after_a_node_restart(node_factory, tmp_path):
 
 
 def test_put_of_a_changed_file_aborts_the_old_session_and_starts_afresh(node_factory, tmp_path):
-    node = node_factory(**SLOW)
-    src = tmp_path / "photo.bin"
-    make_file(src)
-    interrupted_put(node, src, "photo-4", "kill")
+    node, src, _ = cut_upload(node_factory, tmp_path, "photo-4")
     old = resumed_offset(node, "photo-4")
     old_id = active_sessions(node)[0].upload_id
     data = make_file(src)  # same size, other bytes
@@ -187,10 +193,7 @@ def test_put_of_a_changed_file_aborts_the_old_session_and_starts_afresh(node_fac
 
 
 def test_put_after_the_session_was_aborted_drops_the_entry(node_factory, tmp_path):
-    node = node_factory(**SLOW)
-    src = tmp_path / "photo.bin"
-    data = make_file(src)
-    interrupted_put(node, src, "photo-5", "kill")
+    node, src, data = cut_upload(node_factory, tmp_path, "photo-5")
     resumed_offset(node, "photo-5")
     (session,) = active_sessions(node)
     code, out, err = run_cli("uploads", "--addr", node.addr)
@@ -212,10 +215,8 @@ def test_put_after_the_session_was_aborted_drops_the_entry(node_factory, tmp_pat
 
 
 def test_put_after_the_session_expired_drops_the_entry(node_factory, tmp_path):
-    node = node_factory(session_ttl=1, sweep_interval=0.2, **SLOW)
-    src = tmp_path / "photo.bin"
-    data = make_file(src)
-    interrupted_put(node, src, "photo-6", "kill")
+    node, src, data = cut_upload(node_factory, tmp_path, "photo-6", session_ttl=1,
+                                 sweep_interval=0.2)
     wait_until(lambda: active_sessions(node) == [])  # expired by the sweep
     code, out, err = run_cli("put", str(src), "--object-id", "photo-6", "--addr", node.addr,
                              "--json")
@@ -226,10 +227,7 @@ def test_put_after_the_session_expired_drops_the_entry(node_factory, tmp_path):
 
 
 def test_put_no_resume_aborts_the_old_session(node_factory, tmp_path):
-    node = node_factory(**SLOW)
-    src = tmp_path / "photo.bin"
-    data = make_file(src)
-    interrupted_put(node, src, "photo-7", "kill")
+    node, src, data = cut_upload(node_factory, tmp_path, "photo-7")
     resumed_offset(node, "photo-7")
     (old,) = active_sessions(node)
     before = received(node)
