@@ -42,6 +42,7 @@ from typing import Any, Iterator, Sequence
 from node import config
 from node.errors import OssError
 from node.progress import human_size
+from node.transfer_state import RERUN_RESUMES
 
 PROG = "mini-oss"
 DEFAULT_ADDR = "127.0.0.1:8080"
@@ -163,7 +164,9 @@ def format_error(err: BaseException, addr: str = "") -> str:
             message = f"cannot reach the node at {addr}: {message}"
         line = f"{head}: {message}"
         upload_id = err.metadata.get("upload_id")
-        if upload_id and (err.retryable or err.code == "CANCELLED"):
+        if err.metadata.get(RERUN_RESUMES):  # put/get kept their resume state
+            line += " (run the same command again to resume)"
+        elif upload_id and (err.retryable or err.code == "CANCELLED"):
             line += f" (continue with: put --upload-id {upload_id})"
     elif isinstance(err, OSError) and err.filename is not None:
         line = f"{err.strerror or err}: {err.filename!r}"

@@ -28,7 +28,7 @@ from node.client import ACTIVE, COMMITTED, Client, ObjectInfo, Progress, _place_
 from node.errors import OssError
 from node.pb import oss_pb2
 from node.progress import human_size
-from node.transfer_state import (DOWNLOAD, UPLOAD, DownloadEntry, FileIdentity, StateStore,
+from node.transfer_state import (DOWNLOAD, RERUN_RESUMES, UPLOAD, DownloadEntry, FileIdentity, StateStore,
                                  UploadEntry, change_reason, partial_path,
                                  remove_if_present)
 
@@ -96,7 +96,9 @@ def put(client: Client, store: StateStore, path: str, object_id: str, *, node: s
                 f"at {human_size(done[0])} of {human_size(identity.size)}; run the same command "
                 f"again to resume (upload {session.upload_id})") from None
         except OssError as err:
-            if not resumable(err):  # the session cannot go on (e.g. SHA256_MISMATCH aborted it)
+            if resumable(err):
+                err.metadata[RERUN_RESUMES] = "1"
+            else:  # the session cannot go on (e.g. SHA256_MISMATCH aborted it)
                 store.drop(UPLOAD, node, object_id, path)
             raise
     store.drop(UPLOAD, node, object_id, path)
@@ -234,6 +236,10 @@ def _get_into(client: Client, store: StateStore, object_id: str, target: str, pa
             f = _open_partial(partial, prefix, hashlib.sha256())
         f.flush()
         os.fsync(f.fileno())
+    except OssError as err:
+        if resumable(err) and done > 0:  # the partial file and its entry are kept
+            err.metadata[RERUN_RESUMES] = "1"
+        raise
     except KeyboardInterrupt:
         total = stream.info.size if stream.info else 0
         raise TransferInterrupted(f"at {human_size(done)} of {human_size(total)}; run the same "

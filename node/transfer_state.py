@@ -27,6 +27,9 @@ import os
 import tempfile
 from typing import Any, Mapping
 
+#: Set in an error's metadata when the entry was kept: the same command run again resumes.
+RERUN_RESUMES = "rerun_resumes"
+
 UPLOAD = "upload"
 DOWNLOAD = "download"
 PARTIAL_SUFFIX = ".mini-oss-partial"

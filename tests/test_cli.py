@@ -75,6 +75,9 @@ def test_format_error_is_one_line():
     assert format_error(err, "h:1") == "UNAVAILABLE: cannot reach the node at h:1: failed to connect"
     busy = errors.SessionBusy("busy", upload_id="abc")
     assert "--upload-id abc" in format_error(busy)
+    kept = errors.TransportError("UNAVAILABLE", "gone").with_metadata(upload_id="abc",
+                                                                     rerun_resumes="1")
+    assert format_error(kept) == "UNAVAILABLE: gone (run the same command again to resume)"
 
 
 def test_usage_errors_exit_2(capsys):
