@@ -9,8 +9,9 @@ put: a fresh upload hashes the whole file first and sends that SHA-256 at sessio
 the session only ever commits this file's bytes; a re-run resumes from the node's
 `uploaded_offset` only if the file's identity (size, mtime_ns, ctime_ns, inode, device) is
 unchanged and the session is still ACTIVE. A changed file aborts its old session (freeing its
-bytes) and uploads afresh; an expired, aborted or committed session is forgotten. Each such
-decision is one line through `notify`.
+bytes) and uploads afresh; an expired or aborted session is forgotten; a committed one whose
+version is still current means the file is stored (nothing is sent), one since replaced is
+forgotten. Each such decision is one line through `notify`.
 
 get: the bytes go to `<target>.mini-oss-partial`, pinned to one generation. A re-run re-hashes
 the kept prefix, asks only for the rest with `if_generation_match`, checks the whole SHA-256
@@ -77,7 +78,7 @@ def put(client: Client, store: StateStore, path: str, object_id: str, *, node: s
                                             identity.size, sha256=sha256, **create)
             store.save(UploadEntry(node=node, object_id=object_id, path=path,
                                    upload_id=session.upload_id, sha256=sha256, file=identity))
-        elif session.uploaded_offset:
+        elif session.state == ACTIVE and session.uploaded_offset:
             notify(f"resuming {object_id} at {human_size(session.uploaded_offset)} of "
                    f"{human_size(identity.size)}")
         done = [session.uploaded_offset]
@@ -127,7 +128,17 @@ def _session_to_resume(client: Client, entry: UploadEntry, identity: FileIdentit
                f"uploading afresh")
         return None
     if session.state == COMMITTED:
-        notify(f"upload {upload_id} had already committed {entry.object_id}: uploading afresh")
+        # The earlier run got as far as the commit (it died before forgetting its entry). If
+        # that version is still the current one, the file is stored: nothing to send.
+        try:
+            current = client.stat(entry.object_id).generation
+        except errors.ObjectNotFound:
+            current = ""
+        if current == upload_id:
+            notify(f"upload {upload_id} had already committed {entry.object_id}: nothing to send")
+            return session
+        notify(f"upload {upload_id} had committed {entry.object_id}, which has changed since: "
+               f"uploading afresh")
         return None
     if session.state != ACTIVE:
         notify(f"upload {upload_id} of {entry.object_id} was aborted or expired on the node: "

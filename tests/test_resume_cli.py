@@ -320,3 +320,34 @@ def test_help_documents_exit_statuses_and_flags():
         assert text in " ".join(out.split())
     code, out, _ = run_cli("--help")
     assert "uploads" in out and "abort" in out and "130" in out
+
+
+def test_put_after_its_session_committed_sends_nothing_unless_the_object_changed(node_factory, tmp_path):
+    """The earlier run committed but died before forgetting its entry: if that version is still
+    the object's current one, the re-run sends nothing; if it was replaced, it uploads afresh."""
+    node, src, data = cut_upload(node_factory, tmp_path, "photo-9")
+    resumed_offset(node, "photo-9")
+    (session,) = active_sessions(node)
+    with Client(node.addr) as client:  # finish it behind the CLI's back
+        client.upload(io.BytesIO(data), "photo-9", upload_id=session.upload_id)
+    before = received(node)
+    code, out, err = run_cli("put", str(src), "--object-id", "photo-9", "--addr", node.addr, "--json")
+    assert code == 0, err
+    assert err == f"mini-oss: upload {session.upload_id} had already committed photo-9: nothing to send\n"
+    assert json.loads(out)["generation"] == session.upload_id
+    assert received(node) == before, "bytes were sent again"
+
+
+def test_put_after_its_committed_version_was_replaced_uploads_afresh(node_factory, tmp_path):
+    node, src, data = cut_upload(node_factory, tmp_path, "photo-11")
+    resumed_offset(node, "photo-11")
+    (session,) = active_sessions(node)
+    with Client(node.addr) as client:
+        client.upload(io.BytesIO(data), "photo-11", upload_id=session.upload_id)
+    put_upload(node, "photo-11", b"somebody else's bytes")
+    code, out, err = run_cli("put", str(src), "--object-id", "photo-11", "--addr", node.addr, "--json")
+    assert code == 0, err
+    assert err == (f"mini-oss: upload {session.upload_id} had committed photo-11, which has changed "
+                   f"since: uploading afresh\n")
+    info = json.loads(out)
+    assert info["sha256"] == hashlib.sha256(data).hexdigest() and info["generation"] != session.upload_id
