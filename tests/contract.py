@@ -520,3 +520,20 @@ def session_busy(stub, upload_id: str) -> bool:
     except grpc.RpcError as exc:
         return error_of(exc)[1] == "SESSION_BUSY"
     return False
+
+
+def held_stream(stub, upload_id: str, data: bytes, probe=None):
+    """An Upload stream that sent `data` at offset 0 and holds the session, left open: (call,
+    queue to feed it more chunks and None to close it). `probe` (default `stub`) checks that it
+    holds the session; the probe may itself hold the session at the moment the stream arrives,
+    and then the stream is refused as busy and is tried again."""
+    probe = probe or stub
+    for _ in range(20):
+        q: queue.Queue = queue.Queue()
+        q.put(pb.UploadChunk(upload_id=upload_id, offset=0, data=data, crc32=zlib.crc32(data)))
+        call = stub.Upload.future(iter(q.get, None))
+        wait_until(lambda: call.done() or session_busy(probe, upload_id), 10, interval=0.05,
+                   what="the stream to hold the session")
+        if not call.done():
+            return call, q
+    raise AssertionError("the stream never got hold of the session")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import queue
 import subprocess
 import sys
 import threading
@@ -19,7 +18,7 @@ import zlib
 
 import grpc
 import pytest
-from contract import session_busy, wait_until
+from contract import held_stream, session_busy, wait_until
 
 from node.client import Client
 from node.pb import oss_pb2 as pb
@@ -69,11 +68,7 @@ def test_a_second_stream_on_the_other_node_is_session_busy_and_a_killed_nodes_up
     data = os.urandom(192 * KiB)
     s = stub_a.CreateUploadSession(pb.CreateUploadSessionRequest(object_id="moving", file_name="m",
                                                                  file_size=len(data)))
-    q: queue.Queue = queue.Queue()
-    q.put(chunk(s.upload_id, 0, data[:64 * KiB]))
-    call = stub_a.Upload.future(iter(q.get, None))
-    wait_until(lambda: call.done() or session_busy(stub_b, s.upload_id), 10, what="A's stream to hold it")
-    assert not call.done()
+    call, q = held_stream(stub_a, s.upload_id, data[:64 * KiB], probe=stub_b)
     assert session_busy(stub_b, s.upload_id), "B wrote to a session A's stream holds"
     a.kill()  # kill -9 of the whole node: its claim dies with it
     offset = wait_until(lambda: _free_offset(stub_b, s.upload_id), 20, what="B to get the session")
@@ -150,11 +145,7 @@ def test_a_node_starting_while_the_other_is_mid_upload_leaves_that_upload_alone(
     first = os.urandom(64 * KiB)
     s = stub_a.CreateUploadSession(pb.CreateUploadSessionRequest(object_id="inflight", file_name="f",
                                                                  file_size=128 * KiB))
-    q: queue.Queue = queue.Queue()
-    q.put(chunk(s.upload_id, 0, first))
-    call = stub_a.Upload.future(iter(q.get, None))
-    wait_until(lambda: call.done() or session_busy(a.stub(), s.upload_id), 10, what="A's stream to hold it")
-    assert not call.done()
+    call, q = held_stream(stub_a, s.upload_id, first)
     parts_before = os.listdir(cluster.data_dir / "parts")
     b = cluster()  # its start-up repair runs now, while A's stream is live
     assert os.listdir(cluster.data_dir / "parts") == parts_before

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import queue
 import shutil
 import signal
 import subprocess
@@ -24,7 +23,7 @@ import zlib
 import grpc
 import psutil
 import pytest
-from contract import session_busy, wait_until
+from contract import held_stream, wait_until
 
 from node.client import NO_RETRY, Client
 from node.pb import oss_pb2 as pb
@@ -47,23 +46,6 @@ def serve(data_dir, *extra: str, timeout: float = 60) -> subprocess.CompletedPro
 def put(client: Client, object_id: str, data: bytes) -> pb.ObjectInfo:
     import io
     return client.upload(io.BytesIO(data), object_id, file_name=f"{object_id}.bin")
-
-
-def held_stream(stub, upload_id: str, data: bytes):
-    """An Upload stream that sent `data` at offset 0 and holds the session, open: (call, queue
-    to feed and close it). The probe that checks it holds it may itself be holding the session
-    at the moment the stream arrives: then the stream is busy and is tried again."""
-    for _ in range(20):
-        q: queue.Queue = queue.Queue()
-        q.put(chunk(upload_id, 0, data))
-        call = stub.Upload.future(iter(q.get, None))
-
-        def settled():
-            return call.done() or session_busy(stub, upload_id)
-        wait_until(settled, 10, interval=0.05, what="the stream to hold the session")
-        if not call.done():
-            return call, q
-    raise AssertionError("the stream never got hold of the session")
 
 
 # -- finding 2: one node per data directory -----------------------------------------------------
