@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import errno
 import fcntl
 import json
 import os
@@ -31,6 +30,7 @@ from multiprocessing import reduction
 from typing import Iterator
 
 from node.catalog import CatalogState
+from node.storage import Storage
 
 LOCK_FILE = "mini-oss.lock"
 CATALOG_ID_FILE = "catalog-id"
@@ -204,7 +204,7 @@ def write_catalog_id(data_dir: str, catalog_id: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.rename(tmp, path)
-    _fsync_dir(data_dir)
+    Storage.fsync_dir(data_dir)
 
 
 def check_catalog(data_dir: str, backend=None, log=None) -> None:
@@ -266,17 +266,6 @@ def install_catalog(data_dir: str, built_path: str) -> str | None:
             target = os.path.join(data_dir, (kept or CATALOG_FILE + ".stale") + suffix)
             os.rename(catalog_path + suffix, target)
     os.rename(built_path, catalog_path)
-    _fsync_dir(data_dir)
+    Storage.fsync_dir(data_dir)
     write_catalog_id(data_dir, Catalog.prepared_id(data_dir))
     return kept
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    except OSError as exc:  # some file systems refuse fsync on a directory
-        if exc.errno not in (errno.EINVAL, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)

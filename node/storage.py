@@ -184,9 +184,6 @@ class Storage:
             return None
         return PartClaim(path, fd, open_direct(path) if self.direct_io else None)
 
-    def remove_part(self, part_name: str) -> None:
-        _unlink_if_present(self.layout.part(part_name))
-
     def part_names(self) -> list[str]:
         return os.listdir(self.layout.parts)
 
@@ -241,9 +238,6 @@ class Storage:
 
     def object_exists(self, disk_name: str) -> bool:
         return os.path.exists(self.layout.object(disk_name))
-
-    def remove_object(self, disk_name: str) -> None:
-        _unlink_if_present(self.layout.object(disk_name))
 
     def object_names(self) -> list[str]:
         return os.listdir(self.layout.objects)

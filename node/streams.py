@@ -258,7 +258,7 @@ class UploadStream:
         store.storage.fsync_dir(store.storage.layout.index)
         if replaced is not None and replaced.disk_name != disk_name:
             # Freed at once (API.md). A reader that already opened it keeps reading it.
-            store.storage.remove_object(replaced.disk_name)
+            store.storage.free(OBJECTS, replaced.disk_name)
         self.committed = obj
         self.rec = rec.replace(state=State.COMMITTED, uploaded_offset=obj.size, updated_at_ms=now,
                                expires_at_ms=now + store.ttl_ms, object=obj)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from node import ranges
 from node.catalog.records import prefix_upper_bound as _prefix_upper_bound
-from node.catalog.sqlite import _prefix_range
+from node.catalog.records import prefix_range as _prefix_range
 from node.client import Client
 from node.names import MAX_METADATA_BYTES, is_object_id_prefix
 

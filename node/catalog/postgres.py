@@ -35,7 +35,7 @@ from typing import Callable, Iterable, TypeVar
 
 from node.catalog.records import (OBJECT_COLUMNS, SESSION_COLUMNS, CatalogState, FileRef,
                                   ObjectRecord, SessionRecord, object_from_row, object_values,
-                                  prefix_upper_bound, session_from_row, session_values)
+                                  prefix_range, session_from_row, session_values)
 from node.errors import CatalogUnavailable, TooManySessions
 from node.session_rules import State
 
@@ -110,13 +110,6 @@ def _driver():
     import psycopg
     import psycopg_pool
     return psycopg, psycopg_pool
-
-
-def _prefix_range(prefix: str) -> tuple[str, list]:
-    upper = prefix_upper_bound(prefix)
-    if upper is None:
-        return "object_id >= %s", [prefix]
-    return "object_id >= %s AND object_id < %s", [prefix, upper]
 
 
 class PostgresCatalog:
@@ -241,7 +234,7 @@ class PostgresCatalog:
 
     def list_active_sessions(self, prefix: str, after: tuple[str, str] | None,
                              limit: int) -> list[SessionRecord]:
-        where, args = _prefix_range(prefix)
+        where, args = prefix_range(prefix, "%s")
         sql = f"SELECT {_SESSIONS} FROM sessions WHERE state = %s AND {where}"
         args.insert(0, int(State.ACTIVE))
         if after is not None:
@@ -311,7 +304,7 @@ class PostgresCatalog:
         return object_from_row(rows[0]) if rows else None
 
     def list_objects(self, prefix: str, after: str | None, limit: int) -> list[ObjectRecord]:
-        where, args = _prefix_range(prefix)
+        where, args = prefix_range(prefix, "%s")
         sql = f"SELECT {_OBJECTS} FROM objects WHERE {where}"
         if after is not None:
             sql += " AND object_id > %s"

@@ -97,6 +97,16 @@ def prefix_upper_bound(prefix: str) -> str | None:
     return None
 
 
+def prefix_range(prefix: str, mark: str = "?") -> tuple[str, list]:
+    """A WHERE clause (and its arguments) selecting object_ids that start with `prefix`, as an
+    index range rather than a LIKE, so a listing reads only the rows it returns. `mark` is the
+    backend's parameter placeholder ("?" for SQLite, "%s" for psycopg)."""
+    upper = prefix_upper_bound(prefix)
+    if upper is None:
+        return f"object_id >= {mark}", [prefix]
+    return f"object_id >= {mark} AND object_id < {mark}", [prefix, upper]
+
+
 def session_values(rec: SessionRecord) -> tuple:
     """A session record as the values of a row, in SESSION_COLUMNS order."""
     values = dataclasses.asdict(rec)

@@ -31,7 +31,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 
 from node.catalog.records import (OBJECT_COLUMNS, SESSION_COLUMNS, CatalogState, FileRef,
                                   ObjectRecord, SessionRecord, object_from_row, object_values,
-                                  prefix_upper_bound, session_from_row, session_values)
+                                  prefix_range, session_from_row, session_values)
 from node.errors import DiskFull, TooManySessions
 from node.session_rules import State
 
@@ -86,15 +86,6 @@ CREATE TABLE IF NOT EXISTS garbage (
     PRIMARY KEY (kind, name)
 ) WITHOUT ROWID;
 """
-
-
-def _prefix_range(prefix: str) -> tuple[str, list]:
-    """A WHERE clause (and its arguments) selecting object_ids that start with `prefix`, as an
-    index range rather than a LIKE, so a listing reads only the rows it returns."""
-    upper = prefix_upper_bound(prefix)
-    if upper is None:
-        return "object_id >= ?", [prefix]
-    return "object_id >= ? AND object_id < ?", [prefix, upper]
 
 
 def inspect_catalog(data_dir: str) -> tuple[CatalogState, str]:
@@ -278,7 +269,7 @@ class Catalog:
 
     def list_active_sessions(self, prefix: str, after: tuple[str, str] | None,
                              limit: int) -> list[SessionRecord]:
-        where, args = _prefix_range(prefix)
+        where, args = prefix_range(prefix)
         sql = f"SELECT {', '.join(SESSION_COLUMNS)} FROM sessions WHERE state = ? AND {where}"
         args.insert(0, int(State.ACTIVE))
         if after is not None:
@@ -343,7 +334,7 @@ class Catalog:
         return object_from_row(rows[0]) if rows else None
 
     def list_objects(self, prefix: str, after: str | None, limit: int) -> list[ObjectRecord]:
-        where, args = _prefix_range(prefix)
+        where, args = prefix_range(prefix)
         sql = f"SELECT {', '.join(OBJECT_COLUMNS)} FROM objects WHERE {where}"
         if after is not None:
             sql += " AND object_id > ?"
