@@ -47,6 +47,11 @@ from node.transfer_state import RERUN_RESUMES
 PROG = "mini-oss"
 DEFAULT_ADDR = "127.0.0.1:8080"
 OBJECT_ID_MAX = 128
+MiB = 1024 * 1024
+#: A transfer of this many bytes or more goes over several streams unless --parallel says
+#: otherwise; at most this many by default (README, "Parallel transfers", has the figures).
+PARALLEL_FROM = 64 * MiB
+PARALLEL_MAX = 8
 _OBJECT_ID_BAD = re.compile(r"[^A-Za-z0-9._-]")
 _SIZE = re.compile(r"(\d+)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
 
@@ -130,6 +135,16 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid size {text!r}: use e.g. 65536, 64K, 1M")
     unit = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[match.group(2).lower()]
     return int(match.group(1)) * unit
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def parse_metadata(text: str) -> tuple[str, str]:
@@ -273,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
                      metavar="KEY=VALUE", help="user metadata (repeatable)")
     put.add_argument("--upload-id", metavar="ID",
                      help="continue this upload session (without local resume state)")
+    put.add_argument("--parallel", type=positive_int, default=None, metavar="N",
+                     help="upload over N streams at once (a sliced session). Default: the "
+                          f"node's worker count (2 to {PARALLEL_MAX}) for files of "
+                          f"{PARALLEL_FROM // MiB} MiB and more, else 1")
     put.set_defaults(func=cmd_put)
 
     get = sub.add_parser(
@@ -461,12 +480,13 @@ def cmd_put(args: argparse.Namespace) -> int:
     if content_type is None:
         content_type = mimetypes.guess_type(file_name)[0] or ""
     with _client(args) as client, _progress(args, object_id or args.upload_id) as progress:
+        parallel = _parallel(client, args.parallel, os.path.getsize(path))
         if args.upload_id:  # the person names the session: no local state involved
             info = client.upload(path, object_id, file_name=file_name, content_type=content_type,
                                  metadata=dict(args.metadata), if_absent=args.if_absent,
                                  if_generation_match=args.if_generation_match,
                                  chunk_size=args.chunk_size, upload_id=args.upload_id,
-                                 progress=progress)
+                                 progress=progress, parallel=parallel)
         else:
             from node import resume
             from node.transfer_state import StateStore
@@ -476,10 +496,20 @@ def cmd_put(args: argparse.Namespace) -> int:
                               file_name=file_name, content_type=content_type,
                               metadata=dict(args.metadata), if_absent=args.if_absent,
                               if_generation_match=args.if_generation_match,
-                              chunk_size=args.chunk_size)
+                              chunk_size=args.chunk_size, parallel=parallel)
     _print_info(info, args, f"uploaded {info.object_id} ({human_size(info.size)}, "
                             f"generation {info.generation}, sha256 {info.sha256})")
     return 0
+
+
+def _parallel(client, asked: int | None, size: int) -> int:
+    """How many streams a transfer of `size` bytes uses: as asked, or by default one per node
+    worker (2..PARALLEL_MAX) from PARALLEL_FROM bytes on (see README, "Parallel transfers")."""
+    if asked is not None:
+        return asked
+    if size < PARALLEL_FROM:
+        return 1
+    return max(2, min(PARALLEL_MAX, client.node_info().workers))
 
 
 def cmd_get(args: argparse.Namespace) -> int:

@@ -484,11 +484,13 @@ class Client:
     def create_session(self, object_id: str, file_name: str, file_size: int, *,
                        chunk_size: int = 0, sha256: str = "", content_type: str = "",
                        metadata: Mapping[str, str] | None = None, if_absent: bool = False,
-                       if_generation_match: str = "") -> UploadSession:
+                       if_generation_match: str = "", slices: int = 0) -> UploadSession:
+        """`slices` > 1 asks for a sliced session (API.md): its `slices` are sessions of their
+        own, for several streams at once; the node may make fewer, or none for a small object."""
         request = oss_pb2.CreateUploadSessionRequest(
             object_id=object_id, file_name=file_name, file_size=file_size, chunk_size=chunk_size,
             sha256=sha256 or "", content_type=content_type or "", metadata=dict(metadata or {}),
-            if_absent=if_absent, if_generation_match=if_generation_match or "")
+            if_absent=if_absent, if_generation_match=if_generation_match or "", slices=slices)
         # Retried like a read: a repeat after a lost answer only leaves an empty session
         # behind, which expires; failing a whole upload for that would be worse.
         return self._unary("CreateUploadSession", request)
@@ -531,8 +533,11 @@ class Client:
                metadata: Mapping[str, str] | None = None, if_absent: bool = False,
                if_generation_match: str = "", chunk_size: int = 0, sha256: str | None = None,
                upload_id: str | None = None, size: int | None = None,
-               progress: Progress | None = None) -> ObjectInfo:
+               progress: Progress | None = None, parallel: int = 1) -> ObjectInfo:
         """Upload `source` (a path, or a binary file object from its current position).
+
+        `parallel` > 1 uploads over that many streams at once (a sliced session; the source
+        must be seekable); a continued `upload_id` that is a sliced session always is.
 
         With `upload_id`, continue that session instead of creating one (the source must hold
         the whole object again; its first `uploaded_offset` bytes are read only to hash them).
@@ -559,22 +564,32 @@ class Client:
                     object_id, file_name or source_name or object_id, size,
                     chunk_size=chunk_size, sha256=sha256 or "", content_type=content_type,
                     metadata=metadata, if_absent=if_absent,
-                    if_generation_match=if_generation_match)
+                    if_generation_match=if_generation_match,
+                    slices=parallel if parallel > 1 else 0)
             try:
+                if session.slices:
+                    from node.parallel_upload import upload_sliced
+                    return upload_sliced(self, session, fileobj, size, sha256 or "", progress)
                 return self._upload_session(session, fileobj, size, sha256 or "", progress)
             except OssError as err:
                 err.metadata.setdefault("upload_id", session.upload_id)
                 raise
 
     def _upload_session(self, session: UploadSession, fileobj: IO[bytes], size: int,
-                        sha256: str, progress: Progress | None) -> ObjectInfo:
+                        sha256: str, progress: Progress | None) -> ObjectInfo | None:
+        """Send a session's bytes from its `uploaded_offset` until it commits; returns the
+        object. A slice of a sliced session commits nothing: it returns None once all its
+        bytes are durable (or the object, if its sliced session has committed meanwhile)."""
         upload_id = session.upload_id
+        is_slice = bool(session.parent_upload_id)
         if session.state == COMMITTED:
             return self._committed_object(upload_id)
         if session.state != ACTIVE:
             raise errors.SessionNotFound(f"upload session {upload_id} is "
                                          f"{UploadSession.State.Name(session.state)}")
-        reader = UploadReader(fileobj, size, hash=not (sha256 or session.sha256))
+        if is_slice and session.uploaded_offset >= size:
+            return None
+        reader = UploadReader(fileobj, size, hash=not (sha256 or session.sha256 or is_slice))
         chunk_size = session.chunk_size if session.chunk_size > 0 else 1 * MiB
         retrier = _Retrier(self.retry)
         offset = best = session.uploaded_offset
@@ -589,6 +604,10 @@ class Client:
                     if progress:
                         progress(size, size)
                     return response.object
+                if is_slice and response.session.uploaded_offset >= size:
+                    if progress:
+                        progress(size, size)
+                    return None
                 err: OssError = TransportError(
                     "UNAVAILABLE", f"the upload stream ended at byte "
                     f"{response.session.uploaded_offset} of {size} without committing")
@@ -608,6 +627,8 @@ class Client:
                 best = session.uploaded_offset
                 retrier.progressed()
             offset = session.uploaded_offset
+            if is_slice and offset >= size:
+                return None
 
     def _upload_stream(self, upload_id: str, reader: UploadReader, start: int, chunk_size: int,
                        sha256: str, progress: Progress | None) -> oss_pb2.UploadResponse:

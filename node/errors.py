@@ -86,6 +86,11 @@ class SessionCommitted(OssError):
     code, reason = "FAILED_PRECONDITION", "SESSION_COMMITTED"
 
 
+class SlicesIncomplete(OssError):
+    """A sliced session was asked to commit before every slice holds all its bytes."""
+    code, reason = "FAILED_PRECONDITION", "SLICES_INCOMPLETE"
+
+
 # OUT_OF_RANGE
 class PastEnd(OssError):
     code, reason = "OUT_OF_RANGE", "PAST_END"

@@ -55,11 +55,13 @@ class FileChanged(ValueError):
 
 def put(client: Client, store: StateStore, path: str, object_id: str, *, node: str,
         fresh: bool = False, notify: Notify = print, progress: Progress | None = None,
-        **create: Any) -> ObjectInfo:
+        parallel: int = 1, **create: Any) -> ObjectInfo:
     """Upload the file at `path` as `object_id`, resuming an earlier run's session if it can.
 
     `create` holds CreateUploadSession's other fields (file_name, content_type, metadata,
     if_absent, if_generation_match, chunk_size). `fresh` (--no-resume) aborts an old session.
+    `parallel` > 1 makes a new session a sliced one (that many streams); a resumed session
+    keeps the shape it was made with.
     """
     path = os.path.abspath(path)
     with open(path, "rb") as f:
@@ -75,13 +77,14 @@ def put(client: Client, store: StateStore, path: str, object_id: str, *, node: s
             if FileIdentity.of(os.stat(path)) != identity:
                 raise FileChanged(f"{path!r} changed while it was being read: not uploading it")
             session = client.create_session(object_id, create.pop("file_name", "") or object_id,
-                                            identity.size, sha256=sha256, **create)
+                                            identity.size, sha256=sha256,
+                                            slices=parallel if parallel > 1 else 0, **create)
             store.save(UploadEntry(node=node, object_id=object_id, path=path,
                                    upload_id=session.upload_id, sha256=sha256, file=identity))
-        elif session.state == ACTIVE and session.uploaded_offset:
-            notify(f"resuming {object_id} at {human_size(session.uploaded_offset)} of "
+        elif session.state == ACTIVE and bytes_done(session):
+            notify(f"resuming {object_id} at {human_size(bytes_done(session))} of "
                    f"{human_size(identity.size)}")
-        done = [session.uploaded_offset]
+        done = [bytes_done(session)]
 
         def track(sent: int, total: int) -> None:
             done[0] = sent
@@ -104,6 +107,11 @@ def put(client: Client, store: StateStore, path: str, object_id: str, *, node: s
             raise
     store.drop(UPLOAD, node, object_id, path)
     return info
+
+
+def bytes_done(session: oss_pb2.UploadSession) -> int:
+    """How many of the object's bytes the node holds durably (a sliced session: its slices')."""
+    return session.uploaded_offset + sum(s.uploaded_offset for s in session.slices)
 
 
 def _session_to_resume(client: Client, entry: UploadEntry, identity: FileIdentity, fresh: bool,

@@ -42,11 +42,13 @@ def object_info(obj: ObjectRecord) -> oss_pb2.ObjectInfo:
         created_at_unix_ms=obj.created_at_ms)
 
 
-def upload_session(rec: SessionRecord) -> oss_pb2.UploadSession:
+def upload_session(rec: SessionRecord, slices: list[SessionRecord] = ()) -> oss_pb2.UploadSession:
     return oss_pb2.UploadSession(
         upload_id=rec.upload_id, object_id=rec.object_id, file_name=rec.file_name,
         file_size=rec.file_size, chunk_size=rec.chunk_size, uploaded_offset=rec.uploaded_offset,
-        sha256=rec.sha256, state=int(rec.state), expires_at_unix_ms=rec.expires_at_ms)
+        sha256=rec.sha256, state=int(rec.state), expires_at_unix_ms=rec.expires_at_ms,
+        slices=[upload_session(s) for s in slices], parent_upload_id=rec.parent_id,
+        slice_offset=rec.slice_offset)
 
 
 def client_of(context: grpc.aio.ServicerContext) -> str:
@@ -180,16 +182,17 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
                 object_id=request.object_id, file_name=request.file_name, file_size=request.file_size,
                 chunk_size=request.chunk_size, sha256=request.sha256, content_type=request.content_type,
                 metadata=dict(request.metadata), if_absent=request.if_absent,
-                if_generation_match=request.if_generation_match, client=client_of(context))
+                if_generation_match=request.if_generation_match, client=client_of(context),
+                slices=request.slices)
             rec = await self._run(self.store.create_session, req)
             self.metrics.add("sessions_created")
-            return upload_session(rec)
+            return upload_session(rec, await self._run(self.store.slices_of, rec))
         return await self._guard(context, body, request)
 
     async def GetUploadSession(self, request, context):
         async def body():
-            return upload_session(await self._run(self.store.get_session, request.upload_id,
-                                                  token_prefix()))
+            rec = await self._run(self.store.get_session, request.upload_id, token_prefix())
+            return upload_session(rec, await self._run(self.store.slices_of, rec))
         return await self._guard(context, body, request)
 
     async def AbortUploadSession(self, request, context):

@@ -172,6 +172,31 @@ def advise_chunk_size(requested: int, default: int, maximum: int) -> int:
     return max(MIN_CHUNK_SIZE, min(requested, maximum))
 
 
+# --- slices (parallel uploads) --------------------------------------------------------------
+
+#: The most slices one sliced session is cut into (more asked for: this many).
+MAX_SLICES = 64
+
+
+def plan_slices(file_size: int, requested: int, chunk_size: int) -> list[tuple[int, int]]:
+    """(offset, length) of each slice of a sliced session of `file_size` bytes, in order.
+
+    Each slice is whole chunks (the last may be shorter), so every slice's stream sends full
+    chunks; an object too small for two slices gets none (`[]`: a plain session). The node
+    makes fewer slices than `requested` when there are fewer chunks, and at most MAX_SLICES.
+    """
+    if requested < 0:
+        raise InvalidArgument(f"slices {requested} is negative", field="slices")
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size {chunk_size} must be positive")
+    chunks = -(-file_size // chunk_size)
+    count = min(requested, chunks, MAX_SLICES)
+    if count <= 1:
+        return []
+    step = -(-chunks // count) * chunk_size
+    return [(start, min(step, file_size - start)) for start in range(0, file_size, step)]
+
+
 # --- hashes --------------------------------------------------------------------------------
 
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")

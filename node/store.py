@@ -46,8 +46,9 @@ from node.errors import (DiskFull, Forbidden, GenerationMismatch, InvalidArgumen
                          TooLarge)
 from node.metrics import NullSlot
 from node.session_rules import (State, advise_chunk_size, check_preconditions, normalize_sha256,
-                                transition, upload_disposition)
+                                plan_slices, transition, upload_disposition)
 from node.storage import OBJECTS, PARTS, PartClaim, Storage
+from node.sliced import SlicedCommit
 from node.streams import DownloadReader, HashCache, UploadStream
 
 log = logging.getLogger("mini_oss.store")
@@ -74,6 +75,7 @@ class NewSession:
     if_absent: bool = False
     if_generation_match: str = ""
     client: str = ""
+    slices: int = 0
 
 
 class Store:
@@ -134,17 +136,33 @@ class Store:
             state=State.ACTIVE, content_type=content_type, metadata=metadata,
             if_absent=req.if_absent, if_generation_match=req.if_generation_match,
             client=req.client, created_at_ms=now, updated_at_ms=now, expires_at_ms=now + self.ttl_ms)
-        self.catalog.insert_session(rec, self.settings.max_sessions, self.settings.max_sessions_per_client)
+        plan = plan_slices(req.file_size, req.slices, chunk_size)
+        rec = rec.replace(slices=len(plan))
+        slices = [rec.replace(upload_id=names.new_upload_id(), file_size=length, sha256="",
+                              if_absent=False, if_generation_match="", slices=0,
+                              parent_id=rec.upload_id, slice_offset=start)
+                  for start, length in plan]
+        self.catalog.insert_session(rec, self.settings.max_sessions,
+                                    self.settings.max_sessions_per_client, slices)
         failpoints.hit("session_recorded")
+        made: list[str] = []
         try:
-            self.storage.create_part(self.part_name(rec))
+            for member in (rec, *slices):
+                self.storage.create_part(self.part_name(member))
+                made.append(self.part_name(member))
         except BaseException:
-            # The caller never learns this upload_id: end the session it cannot use.
-            self.catalog.end_session(rec.upload_id, State.ABORTED, now, now + self.ttl_ms,
-                                     free=[(PARTS, self.part_name(rec))])
-            self.storage.free(PARTS, self.part_name(rec))
+            # The caller never learns these upload ids: end the sessions it cannot use.
+            for member in (*slices, rec):
+                part = self.part_name(member)
+                self.catalog.end_session(member.upload_id, State.ABORTED, now, now + self.ttl_ms,
+                                         free=[(PARTS, part)])
+                self.storage.free(PARTS, part)
             raise
         return rec
+
+    def slices_of(self, rec: SessionRecord) -> list[SessionRecord]:
+        """A sliced session's slices, in object order (none for any other session)."""
+        return self.catalog.slices_of(rec.upload_id) if rec.slices else []
 
     def get_session(self, upload_id: str, scope: str = "") -> SessionRecord:
         rec = self._lookup(upload_id, scope)
@@ -154,6 +172,13 @@ class Store:
 
     def abort_session(self, upload_id: str, scope: str = "") -> None:
         rec = self.get_session(upload_id, scope)
+        if rec.state is State.ACTIVE and (rec.slices or rec.is_slice):
+            # A sliced session is aborted whole, from any of its members: slices first, so a
+            # cut-short abort leaves a parent that cannot commit, never bytes nobody owns.
+            parent = rec if rec.slices else self.catalog.get_session(rec.parent_id)
+            members = self.catalog.slices_of(parent.upload_id) if parent else [rec]
+            self.end_family([*members, *([parent] if parent else [])], "abort", strict=True)
+            return
         if rec.state is not State.ACTIVE:
             transition(rec.state, "abort")  # ABORTED: OK again; COMMITTED: SessionCommitted
             return
@@ -239,8 +264,51 @@ class Store:
         self.hashes.drop(rec.upload_id)
         return rec.replace(state=state, updated_at_ms=now, expires_at_ms=now + self.ttl_ms)
 
+    def end_family(self, members: list[SessionRecord], event: str, *, held: set[str] = frozenset(),
+                   strict: bool = False) -> None:
+        """End each ACTIVE session of `members` (a sliced session's), in the order given,
+        freeing its part. `held`: upload ids whose claims the caller holds. A member a stream
+        holds is left to its stream; with `strict` that is SessionBusy once the rest ended."""
+        busy: SessionBusy | None = None
+        for member in members:
+            if member.state is not State.ACTIVE:
+                continue
+            if member.upload_id in held:
+                self.end_session(member, event)
+                continue
+            try:
+                claim, fresh = self._claim(member)
+            except SessionBusy as exc:
+                busy = busy or exc
+                continue
+            if claim is None:
+                continue
+            try:
+                self.end_session(fresh, event)
+            finally:
+                claim.release()
+        if busy is not None and strict:
+            raise busy
+
     def _expire(self, rec: SessionRecord) -> SessionRecord:
-        """Expire an idle ACTIVE session, unless a stream holds it (then it is not idle)."""
+        """Expire an idle ACTIVE session, unless a stream holds it (then it is not idle).
+
+        A sliced session is idle only when none of its members has moved for the TTL: until
+        then each member's expiry follows the latest one's, and then they all expire."""
+        if rec.slices or rec.is_slice:
+            parent = rec if rec.slices else self.catalog.get_session(rec.parent_id)
+            if parent is not None and parent.state is State.ACTIVE:
+                members = [*self.catalog.slices_of(parent.upload_id), parent]
+                latest = max(m.expires_at_ms for m in members if m.state is State.ACTIVE)
+                if latest >= self.now_ms():
+                    self.catalog.extend_expiry(rec.upload_id, latest)
+                    return rec.replace(expires_at_ms=latest)
+                for member in members:
+                    if member.upload_id != rec.upload_id and member.state is State.ACTIVE:
+                        self._expire_one(member)
+        return self._expire_one(rec)
+
+    def _expire_one(self, rec: SessionRecord) -> SessionRecord:
         try:
             claim, rec = self._claim(rec)
         except SessionBusy:
@@ -341,12 +409,14 @@ class Store:
 
     # -- uploads ------------------------------------------------------------------------------
 
-    def open_upload(self, upload_id: str, scope: str = "") -> UploadStream:
+    def open_upload(self, upload_id: str, scope: str = "") -> UploadStream | SlicedCommit:
         rec = self._lookup(upload_id, scope)
         if rec.state is State.ACTIVE and rec.expires_at_ms < self.now_ms():
             rec = self._expire(rec)
         if upload_disposition(rec.state) == "replay":
             return UploadStream(self, rec, None)
+        if rec.slices:
+            return SlicedCommit(self, rec)  # takes its claims when asked to commit
         claim, rec = self._claim(rec)
         if claim is None:
             upload_disposition(rec.state)  # ABORTED: SessionNotFound

@@ -18,16 +18,16 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from node import failpoints
 from node.checksums import crc32 as crc32_of, crc32c as crc32c_of
 from node.catalog import ObjectRecord, SessionRecord
-from node.errors import (ChecksumMismatch, ChunkTooLarge, GenerationMismatch, ObjectExists,
-                         SessionNotFound, Sha256Mismatch)
+from node.errors import (ChecksumMismatch, ChunkTooLarge, GenerationMismatch, InvalidArgument,
+                         ObjectExists, SessionNotFound, Sha256Mismatch)
 from node.session_rules import (State, check_preconditions, is_complete, merge_expected_sha256,
                                 plan_chunk, transition)
-from node.storage import OBJECTS, PartClaim
+from node.storage import OBJECTS, PARTS, PartClaim
 
 if TYPE_CHECKING:
     from node.store import Store
@@ -118,30 +118,46 @@ class UploadStream:
                 raise ChecksumMismatch("crc32c of the chunk does not match", offset=offset)
             if self.replay:
                 return  # a committed session: every chunk is a duplicate
-            self.sha256 = merge_expected_sha256(self.sha256, sha256)
+            if self.rec.is_slice:
+                if sha256:
+                    raise InvalidArgument("a slice has no SHA-256 of its own: send the object's "
+                                          "when creating or committing its sliced session",
+                                          field="sha256")
+            else:
+                self.sha256 = merge_expected_sha256(self.sha256, sha256)
             plan = plan_chunk(uploaded_offset=self.offset, file_size=self.rec.file_size,
                               offset=offset, length=len(data), max_chunk_size=settings.max_chunk_size)
             if plan.length:
-                self._ensure_hasher()
                 view = memoryview(data)[plan.skip:plan.skip + plan.length]
                 assert self.claim is not None
+                if not self.rec.is_slice:  # a slice is hashed once, in object order, at commit
+                    self._ensure_hasher()
                 self.claim.write(plan.write_at, view)
                 failpoints.hit("chunk_written")
-                self._hasher.update(view)
+                if self._hasher is not None:
+                    self._hasher.update(view)
                 self.offset = plan.new_offset
                 self._since_checkpoint += plan.length
                 if (self._since_checkpoint >= settings.checkpoint_bytes
                         or time.monotonic() >= self._checkpoint_at):
                     self._checkpoint()
             if is_complete(self.offset, self.rec.file_size):
-                self._commit()
+                self._complete()
+
+    def _complete(self) -> None:
+        """Every byte is here: commit the object; a slice is made durable instead (its sliced
+        session commits the object once every slice is complete)."""
+        if not self.rec.is_slice:
+            self._commit()
+        elif self.offset != self.durable_offset:
+            self._checkpoint()
 
     def finish(self) -> tuple[SessionRecord, ObjectRecord | None]:
         """The client closed the stream: commit if complete, else checkpoint; release."""
         with self._lock:
             try:
                 if not self.replay and self.committed is None and is_complete(self.offset, self.rec.file_size):
-                    self._commit()
+                    self._complete()
                 self._release()
             except BaseException:
                 self._release_quietly()
@@ -205,7 +221,10 @@ class UploadStream:
         self._since_checkpoint = 0
         self._checkpoint_at = time.monotonic() + self.store.settings.checkpoint_interval
 
-    def _commit(self) -> None:
+    def _commit(self, slices: Sequence[SessionRecord] = ()) -> None:
+        """Verify the SHA-256, move the part into objects/ and record the object. A sliced
+        session passes its `slices`: they are recorded COMMITTED in the same transaction and
+        their parts become garbage (the caller, holding their claims, frees them)."""
         store, rec = self.store, self.rec
         assert self.claim is not None
         self._ensure_hasher()
@@ -232,8 +251,9 @@ class UploadStream:
             failpoints.hit("commit_published")
 
         try:
-            replaced = store.catalog.commit_object(rec.upload_id, obj, now, now + store.ttl_ms,
-                                                   check, publish)
+            replaced = store.catalog.commit_object(
+                rec.upload_id, obj, now, now + store.ttl_ms, check, publish,
+                [(s.upload_id, (PARTS, store.part_name(s))) for s in slices])
         except (ObjectExists, GenerationMismatch):
             # Still holding the claim: end the session (its promoted file becomes garbage in
             # the same transaction), then free the file, then let go. A claimer that comes

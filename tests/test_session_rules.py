@@ -24,6 +24,7 @@ from node.errors import (
     SessionCommitted,
     SessionNotFound,
 )
+from node import session_rules as rules
 from node.session_rules import (
     EVENTS,
     ChunkPlan,
@@ -460,3 +461,24 @@ def test_expiry():
         expires_at_ms(0, 0, ttl)
     with pytest.raises(ValueError):
         expires_at_ms(A, 0, -1)
+
+
+# --- slices ---------------------------------------------------------------------------------
+
+@given(size=st.integers(0, 1 << 40), requested=st.integers(0, 200),
+       chunk=st.integers(1, 1 << 24))
+def test_slices_cover_the_object_once_in_whole_chunks(size, requested, chunk):
+    plan = rules.plan_slices(size, requested, chunk)
+    if not plan:
+        assert requested <= 1 or -(-size // chunk) <= 1
+        return
+    assert 2 <= len(plan) <= min(requested, rules.MAX_SLICES)
+    assert plan[0][0] == 0 and plan[-1][0] + plan[-1][1] == size
+    for (start, length), (after, _) in zip(plan, plan[1:]):
+        assert start + length == after and length % chunk == 0
+    assert all(length > 0 for _, length in plan)
+
+
+def test_a_negative_slice_count_is_invalid():
+    with pytest.raises(InvalidArgument):
+        rules.plan_slices(10, -1, 4)

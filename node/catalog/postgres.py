@@ -31,16 +31,17 @@ import re
 import secrets
 import threading
 import time
-from typing import Callable, Iterable, TypeVar
+from typing import Callable, Iterable, Sequence, TypeVar
 
-from node.catalog.records import (OBJECT_COLUMNS, SESSION_COLUMNS, CatalogState, FileRef,
+from node.catalog.records import (OBJECT_COLUMNS, SESSION_COLUMNS, SESSION_COLUMNS_ADDED,
+                                  CatalogState, FileRef,
                                   ObjectRecord, SessionRecord, object_from_row, object_values,
                                   prefix_range, session_from_row, session_values)
 from node.errors import CatalogUnavailable, TooManySessions
 from node.session_rules import State
 
 T = TypeVar("T")
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 RETRIES = 8
 #: Advisory lock keys (first of two int4 keys): the schema, session caps, one object.
 LOCK_SCHEMA, LOCK_SESSION_CAPS, LOCK_OBJECT = 0x6F7301, 0x6F7302, 0x6F7303
@@ -97,6 +98,10 @@ CREATE TABLE IF NOT EXISTS nodes (
 );
 """
 _SESSIONS = ", ".join(SESSION_COLUMNS)
+_ADD_COLUMNS = "".join(f"ALTER TABLE sessions ADD COLUMN IF NOT EXISTS {column} {sql};\n"
+                       for column, sql in SESSION_COLUMNS_ADDED.items())
+SLICES_INDEX = ("CREATE INDEX IF NOT EXISTS sessions_by_parent ON sessions (parent_id, slice_offset)"
+                " WHERE parent_id <> ''")
 _OBJECTS = ", ".join(OBJECT_COLUMNS)
 
 
@@ -186,26 +191,33 @@ class PostgresCatalog:
 
     # -- sessions ---------------------------------------------------------------------------
 
-    def insert_session(self, rec: SessionRecord, max_active: int = 0, max_per_client: int = 0) -> None:
+    def insert_session(self, rec: SessionRecord, max_active: int = 0, max_per_client: int = 0,
+                       slices: Sequence[SessionRecord] = ()) -> None:
         sql = f"INSERT INTO sessions ({_SESSIONS}) VALUES ({', '.join(['%s'] * len(SESSION_COLUMNS))})"
 
         def insert(conn) -> None:
             if max_active or max_per_client:
                 conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (LOCK_SESSION_CAPS,))
             if max_active:
-                active = conn.execute("SELECT count(*) FROM sessions WHERE state = %s",
+                active = conn.execute("SELECT count(*) FROM sessions WHERE state = %s AND parent_id = ''",
                                       (int(State.ACTIVE),)).fetchone()[0]
                 if active >= max_active:
                     raise TooManySessions("the node has as many active sessions as it allows",
                                           max_sessions=max_active)
             if max_per_client:
-                mine = conn.execute("SELECT count(*) FROM sessions WHERE state = %s AND client = %s",
-                                    (int(State.ACTIVE), rec.client)).fetchone()[0]
+                mine = conn.execute("SELECT count(*) FROM sessions WHERE state = %s AND client = %s"
+                                    " AND parent_id = ''", (int(State.ACTIVE), rec.client)).fetchone()[0]
                 if mine >= max_per_client:
                     raise TooManySessions("this client has as many active sessions as it may",
                                           max_sessions_per_client=max_per_client)
-            conn.execute(sql, session_values(rec))
+            with conn.cursor() as cur:
+                cur.executemany(sql, [session_values(r) for r in (rec, *slices)])
         self._tx(insert)
+
+    def slices_of(self, parent_id: str) -> list[SessionRecord]:
+        return [session_from_row(r) for r in self._rows(
+            f"SELECT {_SESSIONS} FROM sessions WHERE parent_id = %s ORDER BY slice_offset",
+            (parent_id,))]
 
     def get_session(self, upload_id: str) -> SessionRecord | None:
         rows = self._rows(f"SELECT {_SESSIONS} FROM sessions WHERE upload_id = %s", (upload_id,))
@@ -217,6 +229,11 @@ class PostgresCatalog:
             "UPDATE sessions SET uploaded_offset = %s, sha256 = %s, updated_at_ms = %s,"
             " expires_at_ms = %s WHERE upload_id = %s AND state = %s",
             (uploaded_offset, sha256, now_ms, expires_at_ms, upload_id, int(State.ACTIVE))).rowcount == 1)
+
+    def extend_expiry(self, upload_id: str, expires_at_ms: int) -> None:
+        self._tx(lambda conn: conn.execute(
+            "UPDATE sessions SET expires_at_ms = GREATEST(expires_at_ms, %s)"
+            " WHERE upload_id = %s AND state = %s", (expires_at_ms, upload_id, int(State.ACTIVE))))
 
     def end_session(self, upload_id: str, state: State, now_ms: int, expires_at_ms: int,
                     only_if: State = State.ACTIVE, free: Iterable[FileRef] = ()) -> bool:
@@ -328,7 +345,8 @@ class PostgresCatalog:
 
     def commit_object(self, upload_id: str, obj: ObjectRecord, now_ms: int, expires_at_ms: int,
                       check: Callable[[ObjectRecord | None], None],
-                      publish: Callable[[ObjectRecord], None]) -> ObjectRecord | None:
+                      publish: Callable[[ObjectRecord], None],
+                      slices: Sequence[tuple[str, FileRef]] = ()) -> ObjectRecord | None:
         def commit(conn) -> ObjectRecord | None:
             current = self._lock_object(conn, obj.object_id)
             check(current)
@@ -343,6 +361,15 @@ class PostgresCatalog:
                  int(State.ACTIVE)))
             if cur.rowcount != 1:
                 raise RuntimeError(f"session {upload_id} was not ACTIVE at commit")
+            for slice_id, _part in slices:
+                cur = conn.execute(
+                    "UPDATE sessions SET state = %s, updated_at_ms = %s, expires_at_ms = %s,"
+                    " object = %s WHERE upload_id = %s AND state = %s",
+                    (int(State.COMMITTED), now_ms, expires_at_ms, obj.to_json(), slice_id,
+                     int(State.ACTIVE)))
+                if cur.rowcount != 1:
+                    raise RuntimeError(f"slice {slice_id} was not ACTIVE at commit")
+            self._add_garbage(conn, [part for _, part in slices], now_ms)
             if current is not None and current.disk_name != obj.disk_name:
                 self._add_garbage(conn, [("objects", current.disk_name)], now_ms)
             return current
@@ -429,6 +456,10 @@ class PostgresBackend:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (LOCK_SCHEMA,))
                 conn.execute(SCHEMA)
+                conn.execute(_ADD_COLUMNS)
+                conn.execute(SLICES_INDEX)
+                conn.execute("UPDATE node_facts SET value = %s WHERE key = 'schema_version'"
+                             " AND value::int < %s", (str(SCHEMA_VERSION), SCHEMA_VERSION))
                 facts = [("schema_version", str(SCHEMA_VERSION)),
                          ("page_token_secret", secrets.token_bytes(32).hex()),
                          ("catalog_id", secrets.token_hex(16))]

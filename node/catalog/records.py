@@ -56,12 +56,28 @@ class SessionRecord:
     updated_at_ms: int
     expires_at_ms: int
     object: ObjectRecord | None = None
+    #: A sliced session (parallel upload): how many slices it has (0: a plain session).
+    slices: int = 0
+    #: A slice: the sliced session it belongs to ("" otherwise), and where its bytes begin.
+    parent_id: str = ""
+    slice_offset: int = 0
+
+    @property
+    def is_slice(self) -> bool:
+        return bool(self.parent_id)
 
     def replace(self, **changes) -> "SessionRecord":
         return dataclasses.replace(self, **changes)
 
 
 SESSION_COLUMNS = [f.name for f in dataclasses.fields(SessionRecord)]
+#: Columns added after the first schema, with their SQL (the same in both dialects): a catalog
+#: made before them gains them when a node opens it (`ALTER TABLE ... ADD COLUMN`).
+SESSION_COLUMNS_ADDED = {
+    "slices": "INTEGER NOT NULL DEFAULT 0",
+    "parent_id": "TEXT NOT NULL DEFAULT ''",
+    "slice_offset": "BIGINT NOT NULL DEFAULT 0",
+}
 OBJECT_COLUMNS = [f.name for f in dataclasses.fields(ObjectRecord)]
 
 

@@ -27,9 +27,10 @@ import sqlite3
 import threading
 import time
 import urllib.parse
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
-from node.catalog.records import (OBJECT_COLUMNS, SESSION_COLUMNS, CatalogState, FileRef,
+from node.catalog.records import (OBJECT_COLUMNS, SESSION_COLUMNS, SESSION_COLUMNS_ADDED,
+                                  CatalogState, FileRef,
                                   ObjectRecord, SessionRecord, object_from_row, object_values,
                                   prefix_range, session_from_row, session_values)
 from node.errors import DiskFull, TooManySessions
@@ -37,7 +38,7 @@ from node.session_rules import State
 
 T = TypeVar("T")
 FILE_NAME = "catalog.db"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 10_000
 LOCKED_RETRY_SECONDS = 60.0
 
@@ -86,6 +87,8 @@ CREATE TABLE IF NOT EXISTS garbage (
     PRIMARY KEY (kind, name)
 ) WITHOUT ROWID;
 """
+SLICES_INDEX = ("CREATE INDEX IF NOT EXISTS sessions_by_parent ON sessions (parent_id, slice_offset)"
+                " WHERE parent_id != ''")
 
 
 def inspect_catalog(data_dir: str) -> tuple[CatalogState, str]:
@@ -135,6 +138,12 @@ class Catalog:
         try:
             catalog.db.execute("PRAGMA journal_mode = WAL")
             catalog.db.executescript(SCHEMA)  # idempotent; executescript commits by itself
+            have = {row[1] for row in catalog.db.execute("PRAGMA table_info(sessions)")}
+            with catalog.write():
+                for column, sql in SESSION_COLUMNS_ADDED.items():
+                    if column not in have:
+                        catalog.db.execute(f"ALTER TABLE sessions ADD COLUMN {column} {sql}")
+                catalog.db.execute(SLICES_INDEX)
             with catalog.write():
                 catalog.db.execute(
                     "INSERT OR IGNORE INTO node_facts VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
@@ -218,26 +227,33 @@ class Catalog:
 
     # -- sessions -----------------------------------------------------------------------------
 
-    def insert_session(self, rec: SessionRecord, max_active: int = 0, max_per_client: int = 0) -> None:
-        """Insert a new ACTIVE session, unless a limit (0 = none) is reached: the count and the
-        insert share one write transaction, so workers racing for the last place cannot both win."""
-        values = session_values(rec)
-        sql = f"INSERT INTO sessions ({', '.join(SESSION_COLUMNS)}) VALUES ({', '.join('?' * len(values))})"
+    def insert_session(self, rec: SessionRecord, max_active: int = 0, max_per_client: int = 0,
+                       slices: Sequence[SessionRecord] = ()) -> None:
+        """Insert a new ACTIVE session (and the slices of a sliced one), unless a limit (0 =
+        none) is reached: the count and the insert share one write transaction, so workers
+        racing for the last place cannot both win. Slices do not count against the limits:
+        a parallel upload is one session to its client."""
+        sql = f"INSERT INTO sessions ({', '.join(SESSION_COLUMNS)}) VALUES ({', '.join('?' * len(SESSION_COLUMNS))})"
         with self.write() as db:
             if max_active:
-                active = db.execute("SELECT count(*) FROM sessions WHERE state = ?",
+                active = db.execute("SELECT count(*) FROM sessions WHERE state = ? AND parent_id = ''",
                                     (int(State.ACTIVE),)).fetchone()[0]
                 if active >= max_active:
                     raise TooManySessions("the node has as many active sessions as it allows",
                                           max_sessions=max_active)
             if max_per_client:
-                mine = db.execute("SELECT count(*) FROM sessions WHERE state = ? AND client = ?",
-                                  (int(State.ACTIVE), rec.client)).fetchone()[0]
+                mine = db.execute("SELECT count(*) FROM sessions WHERE state = ? AND client = ?"
+                                  " AND parent_id = ''", (int(State.ACTIVE), rec.client)).fetchone()[0]
                 if mine >= max_per_client:
                     raise TooManySessions("this client has as many active sessions as it may",
                                           max_sessions_per_client=max_per_client)
-            db.execute(sql, values)
+            db.executemany(sql, [session_values(r) for r in (rec, *slices)])
 
+    def slices_of(self, parent_id: str) -> list[SessionRecord]:
+        """The slices of a sliced session, in object order, whatever their state."""
+        rows = self._read(f"SELECT {', '.join(SESSION_COLUMNS)} FROM sessions WHERE parent_id = ?"
+                          " ORDER BY slice_offset", (parent_id,))
+        return [session_from_row(r) for r in rows]
 
     def get_session(self, upload_id: str) -> SessionRecord | None:
         rows = self._read(f"SELECT {', '.join(SESSION_COLUMNS)} FROM sessions WHERE upload_id = ?",
@@ -253,6 +269,13 @@ class Catalog:
                 " WHERE upload_id = ? AND state = ?",
                 (uploaded_offset, sha256, now_ms, expires_at_ms, upload_id, int(State.ACTIVE)))
             return cur.rowcount == 1
+
+    def extend_expiry(self, upload_id: str, expires_at_ms: int) -> None:
+        """Move an ACTIVE session's expiry to at least `expires_at_ms` (a sliced session lives
+        as long as any of its slices moves)."""
+        with self.write() as db:
+            db.execute("UPDATE sessions SET expires_at_ms = MAX(expires_at_ms, ?)"
+                       " WHERE upload_id = ? AND state = ?", (expires_at_ms, upload_id, int(State.ACTIVE)))
 
     def end_session(self, upload_id: str, state: State, now_ms: int, expires_at_ms: int,
                     only_if: State = State.ACTIVE, free: Iterable[FileRef] = ()) -> bool:
@@ -348,13 +371,15 @@ class Catalog:
 
     def commit_object(self, upload_id: str, obj: ObjectRecord, now_ms: int, expires_at_ms: int,
                       check: Callable[[ObjectRecord | None], None],
-                      publish: Callable[[ObjectRecord], None]) -> ObjectRecord | None:
+                      publish: Callable[[ObjectRecord], None],
+                      slices: Sequence[tuple[str, FileRef]] = ()) -> ObjectRecord | None:
         """Make `obj` the current version of its object_id, atomically across processes.
 
         Inside one write transaction (so no other commit or delete of any object interleaves):
         `check(current)` raises if a precondition fails; `publish(obj)` swaps the index entry;
-        then the object row and the session's COMMITTED state are written. Returns the version
-        that was replaced (its bytes are now the caller's to free), or None.
+        then the object row and the session's COMMITTED state are written; so are those of a
+        sliced session's `slices` ((upload_id, part) pairs: their parts become garbage). Returns
+        the version that was replaced (its bytes are now the caller's to free), or None.
         """
         with self.write() as db:
             current = self._get_object_in(db, obj.object_id)
@@ -370,6 +395,15 @@ class Catalog:
                  int(State.ACTIVE)))
             if cur.rowcount != 1:
                 raise RuntimeError(f"session {upload_id} was not ACTIVE at commit")
+            for slice_id, part in slices:
+                cur = db.execute(
+                    "UPDATE sessions SET state = ?, updated_at_ms = ?, expires_at_ms = ?, object = ?"
+                    " WHERE upload_id = ? AND state = ?",
+                    (int(State.COMMITTED), now_ms, expires_at_ms, obj.to_json(), slice_id,
+                     int(State.ACTIVE)))
+                if cur.rowcount != 1:
+                    raise RuntimeError(f"slice {slice_id} was not ACTIVE at commit")
+            self._add_garbage(db, [part for _, part in slices], now_ms)
             if current is not None and current.disk_name != obj.disk_name:
                 self._add_garbage(db, [("objects", current.disk_name)], now_ms)
             return current

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CreateUploadSessionRequest(_message.Message):
-    __slots__ = ("object_id", "file_name", "file_size", "chunk_size", "sha256", "content_type", "metadata", "if_absent", "if_generation_match")
+    __slots__ = ("object_id", "file_name", "file_size", "chunk_size", "sha256", "content_type", "metadata", "if_absent", "if_generation_match", "slices")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,7 @@ class CreateUploadSessionRequest(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     IF_ABSENT_FIELD_NUMBER: _ClassVar[int]
     IF_GENERATION_MATCH_FIELD_NUMBER: _ClassVar[int]
+    SLICES_FIELD_NUMBER: _ClassVar[int]
     object_id: str
     file_name: str
     file_size: int
@@ -34,10 +35,11 @@ class CreateUploadSessionRequest(_message.Message):
     metadata: _containers.ScalarMap[str, str]
     if_absent: bool
     if_generation_match: str
-    def __init__(self, object_id: _Optional[str] = ..., file_name: _Optional[str] = ..., file_size: _Optional[int] = ..., chunk_size: _Optional[int] = ..., sha256: _Optional[str] = ..., content_type: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., if_absent: _Optional[bool] = ..., if_generation_match: _Optional[str] = ...) -> None: ...
+    slices: int
+    def __init__(self, object_id: _Optional[str] = ..., file_name: _Optional[str] = ..., file_size: _Optional[int] = ..., chunk_size: _Optional[int] = ..., sha256: _Optional[str] = ..., content_type: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., if_absent: _Optional[bool] = ..., if_generation_match: _Optional[str] = ..., slices: _Optional[int] = ...) -> None: ...
 
 class UploadSession(_message.Message):
-    __slots__ = ("upload_id", "object_id", "file_name", "file_size", "chunk_size", "uploaded_offset", "sha256", "state", "expires_at_unix_ms")
+    __slots__ = ("upload_id", "object_id", "file_name", "file_size", "chunk_size", "uploaded_offset", "sha256", "state", "expires_at_unix_ms", "slices", "parent_upload_id", "slice_offset")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[UploadSession.State]
@@ -57,6 +59,9 @@ class UploadSession(_message.Message):
     SHA256_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    SLICES_FIELD_NUMBER: _ClassVar[int]
+    PARENT_UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    SLICE_OFFSET_FIELD_NUMBER: _ClassVar[int]
     upload_id: str
     object_id: str
     file_name: str
@@ -66,7 +71,10 @@ class UploadSession(_message.Message):
     sha256: str
     state: UploadSession.State
     expires_at_unix_ms: int
-    def __init__(self, upload_id: _Optional[str] = ..., object_id: _Optional[str] = ..., file_name: _Optional[str] = ..., file_size: _Optional[int] = ..., chunk_size: _Optional[int] = ..., uploaded_offset: _Optional[int] = ..., sha256: _Optional[str] = ..., state: _Optional[_Union[UploadSession.State, str]] = ..., expires_at_unix_ms: _Optional[int] = ...) -> None: ...
+    slices: _containers.RepeatedCompositeFieldContainer[UploadSession]
+    parent_upload_id: str
+    slice_offset: int
+    def __init__(self, upload_id: _Optional[str] = ..., object_id: _Optional[str] = ..., file_name: _Optional[str] = ..., file_size: _Optional[int] = ..., chunk_size: _Optional[int] = ..., uploaded_offset: _Optional[int] = ..., sha256: _Optional[str] = ..., state: _Optional[_Union[UploadSession.State, str]] = ..., expires_at_unix_ms: _Optional[int] = ..., slices: _Optional[_Iterable[_Union[UploadSession, _Mapping]]] = ..., parent_upload_id: _Optional[str] = ..., slice_offset: _Optional[int] = ...) -> None: ...
 
 class GetUploadSessionRequest(_message.Message):
     __slots__ = ("upload_id",)
