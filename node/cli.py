@@ -15,7 +15,8 @@ No message ever prints a token.
 
 `put` and `get` resume when run again (`node.resume`, state in `node.transfer_state`): Ctrl-C,
 kill -9, a lost connection or a node restart leave what a re-run needs; `--no-resume` starts
-afresh. `uploads` lists the node's ACTIVE sessions, `abort` ends one.
+afresh. `uploads` lists the node's ACTIVE sessions, `abort` ends one. `put -r DIR` and
+`get -r PREFIX DIR` move whole trees, several files at a time (`node.tree`, `node.tree_run`).
 
 Output: a short human line (or table) on stdout; with `--json` the ObjectInfo fields as one JSON
 object (`ls`, `uploads`: one per line) for scripts. A progress line (binary units, rate, ETA;
@@ -35,6 +36,7 @@ import mimetypes
 import os
 import re
 import sys
+import time
 import tomllib
 import unicodedata
 from typing import Any, Iterator, Sequence
@@ -215,6 +217,15 @@ SERVE_FLAGS: list[tuple[str, Any, str]] = [
 ]
 
 
+TREE_JOBS = 4
+
+
+def parse_jobs(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"invalid --jobs {text!r}: a whole number, 1 to 64")
+    return int(text)
+
+
 EXIT_STATUSES = ("exit status: 0 done; 1 failure (one line on stderr); 2 usage error; "
                  "130 interrupted by Ctrl-C (put and get then say how to continue: run the "
                  "same command again)")
@@ -268,13 +279,31 @@ def build_parser() -> argparse.ArgumentParser:
     transfer.add_argument("--quiet", "-q", action="store_true",
                           help="print nothing but errors (no progress, no notices, no result)")
 
+    tree = argparse.ArgumentParser(add_help=False)
+    tree.add_argument("--jobs", type=parse_jobs, default=None, metavar="N",
+                      help=f"with -r: files in flight at once (default {TREE_JOBS})")
+    tree.add_argument("--continue-on-error", action="store_true",
+                      help="with -r: go on with the other files after one fails (they are "
+                           "listed at the end, exit status 1); by default the first failure "
+                           "stops starting new files")
+
     put = sub.add_parser(
-        "put", parents=[common, transfer], help="upload a file (resumes when run again)",
+        "put", parents=[common, transfer, tree], help="upload a file (resumes when run again)",
         description="Upload FILE. Interrupted (Ctrl-C, kill, a lost connection, a node "
                     "restart), the same command run again resumes where the node left off, "
                     "if FILE is unchanged; state lives in $XDG_CACHE_HOME/mini-oss/ "
-                    "(default ~/.cache/mini-oss/).", epilog=EXIT_STATUSES)
+                    "(default ~/.cache/mini-oss/). With -r, FILE is a directory: every "
+                    "regular file below it is uploaded as PREFIX + its path below FILE, escaped "
+                    "into an object id ('/' and bytes outside A-Z a-z 0-9 . - as _XX, '_' as "
+                    "__: 'docs/a b.txt' -> PREFIX + 'docs_2Fa_20b.txt'); files already stored "
+                    "with the same SHA-256 are skipped, so a re-run finishes an interrupted "
+                    "tree.", epilog=EXIT_STATUSES)
     put.add_argument("file", metavar="FILE")
+    put.add_argument("-r", "--recursive", action="store_true",
+                     help="FILE is a directory: upload the whole tree (symbolic links to "
+                          "directories are skipped)")
+    put.add_argument("--prefix", default=None, metavar="P",
+                     help="with -r: the start of every object id (default none), e.g. 'backup-'")
     put.add_argument("--object-id", metavar="ID",
                      help="default: the file's base name made a valid object id")
     put.add_argument("--content-type", metavar="TYPE",
@@ -295,12 +324,21 @@ def build_parser() -> argparse.ArgumentParser:
     put.set_defaults(func=cmd_put)
 
     get = sub.add_parser(
-        "get", parents=[common, transfer], help="download an object (resumes when run again)",
+        "get", parents=[common, transfer, tree],
+        help="download an object (resumes when run again)",
         description="Download OBJECT_ID. The bytes go to PATH.mini-oss-partial and are renamed "
                     "into place once their SHA-256 is checked; interrupted, the same command "
                     "run again asks only for the rest, if the object did not change (a --range "
-                    "or '-o -' download starts over).", epilog=EXIT_STATUSES)
+                    "or '-o -' download starts over). 'get -r PREFIX DIR' downloads every "
+                    "object whose id starts with PREFIX to DIR/<the rest of the id, unescaped "
+                    "as put -r escaped it>; a path that would leave DIR is refused, files "
+                    "already there with the same SHA-256 are skipped, other existing files are "
+                    "kept unless --force.", epilog=EXIT_STATUSES)
     get.add_argument("object_id", metavar="OBJECT_ID")
+    get.add_argument("dest", nargs="?", default=None, metavar="DIR",
+                     help="with -r: the directory to write into (default: here; or -o DIR)")
+    get.add_argument("-r", "--recursive", action="store_true",
+                     help="OBJECT_ID is a prefix: download every object under it into DIR")
     get.add_argument("-o", "--output", metavar="PATH",
                      help="file or directory to write (default: the object's file name, made "
                           "safe, here; '-' = standard output). A file PATH is replaced if it "
@@ -473,6 +511,8 @@ def _file_name(path: str) -> str:
 
 
 def cmd_put(args: argparse.Namespace) -> int:
+    if _wants_tree(args):
+        return cmd_tree(args)
     path = args.file
     file_name = _file_name(path)
     object_id = args.object_id or (None if args.upload_id else derive_object_id(file_name))
@@ -513,6 +553,8 @@ def _parallel(client, asked: int | None, size: int) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
+    if _wants_tree(args):
+        return cmd_tree(args)
     start, end = args.range or (0, None)
     output = args.output
     overwrite = True
@@ -557,6 +599,64 @@ def _download_to_file(client, args: argparse.Namespace, output: str, start: int,
     return resume.get(client, StateStore(), args.object_id, output, node=args.addr,
                       overwrite=overwrite, generation=generation, fresh=args.no_resume,
                       notify=_notifier(args), progress=progress)
+
+
+def _wants_tree(args: argparse.Namespace) -> bool:
+    """-r, or something only -r takes (cmd_tree then says that it goes with -r)."""
+    return (args.recursive or args.jobs is not None or args.continue_on_error
+            or getattr(args, "prefix", None) is not None
+            or getattr(args, "dest", None) is not None)
+
+
+def _tree_usage_error(args: argparse.Namespace) -> str | None:
+    from node.names import is_object_id_prefix
+
+    if not args.recursive:
+        return ("DIR, --jobs and --continue-on-error go with -r (one object: -o PATH)"
+                if args.command == "get" else "--prefix, --jobs and --continue-on-error go with -r")
+    if args.command == "put":
+        if args.object_id or args.upload_id or args.if_generation_match:
+            return ("-r names every object itself: no --object-id, --upload-id or "
+                    "--if-generation-match")
+        prefix = args.prefix or ""
+        if not is_object_id_prefix(prefix) or prefix.startswith("."):
+            return (f"--prefix {prefix!r} cannot begin an object id: only A-Z a-z 0-9 . _ -, "
+                    f"not starting with '.' (inside the tree, put -r writes '/' as _2F)")
+    elif args.range or args.output == "-" or (args.output and args.dest):
+        return "-r writes files into one DIR: no --range, no '-o -', DIR given once"
+    return None
+
+
+def cmd_tree(args: argparse.Namespace) -> int:
+    """put -r / get -r: one summary line (or JSON object) on stdout, each failed file one
+    line on stderr; exit 1 if any file failed, 2 for a usage error."""
+    problem = _tree_usage_error(args)
+    if problem:
+        print(f"{PROG} {args.command}: error: {problem}", file=sys.stderr)
+        return 2
+    from node import tree_run
+
+    started = time.monotonic()
+    with _client(args) as client, _progress(args, f"{args.command} -r") as line:
+        progress = tree_run.TreeProgress(line, args.command, _notifier(args))
+        common = dict(node=args.addr, jobs=args.jobs or TREE_JOBS, fresh=args.no_resume,
+                      keep_going=args.continue_on_error, progress=progress)
+        if args.command == "put":
+            tally = tree_run.put_tree(client, args.file, args.prefix or "",
+                                      content_type=args.content_type, if_absent=args.if_absent,
+                                      metadata=dict(args.metadata), chunk_size=args.chunk_size,
+                                      **common)
+        else:
+            tally = tree_run.get_tree(client, args.object_id, args.dest or args.output or ".",
+                                      force=args.force, **common)
+    seconds = time.monotonic() - started
+    for failure in tally.failures:
+        print(f"{PROG}: error: {failure.line()}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(tally.to_dict(seconds), sort_keys=True))
+    elif not args.quiet:
+        print(tally.summary_line(seconds))
+    return 1 if tally.failures else 0
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
