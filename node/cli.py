@@ -719,13 +719,23 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def cmd_uploads(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        for session in client.list_sessions(prefix=args.prefix):
+        sessions = list(client.list_sessions(prefix=args.prefix))
+        # A sliced session's progress is its slices': they are listed as sessions too.
+        done: dict[str, int] = {}
+        for session in sessions:
+            if session.parent_upload_id:
+                done[session.parent_upload_id] = (done.get(session.parent_upload_id, 0)
+                                                  + session.uploaded_offset)
+        for session in sessions:
             if args.json:
                 print(json.dumps(info_dict(session), sort_keys=True))
-            else:
-                print(f"{session.upload_id}  {session.object_id}  "
-                      f"{human_size(session.uploaded_offset)} of {human_size(session.file_size)}"
-                      f"  expires {_time(session.expires_at_unix_ms)}")
+                continue
+            shape = (f"  slice of {session.parent_upload_id} at {human_size(session.slice_offset)}"
+                     if session.parent_upload_id else "")
+            held = session.uploaded_offset + done.get(session.upload_id, 0)
+            print(f"{session.upload_id}  {session.object_id}  "
+                  f"{human_size(held)} of {human_size(session.file_size)}"
+                  f"  expires {_time(session.expires_at_unix_ms)}{shape}")
     return 0
 
 

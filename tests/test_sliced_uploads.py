@@ -17,6 +17,7 @@ import pytest
 
 from node.catalog.sqlite import SCHEMA, Catalog
 from node.pb import oss_pb2 as pb
+from node.progress import human_size
 from node.session_rules import MAX_SLICES
 from tests.conftest import RunningNode
 from tests.contract import (ABORTED, ACTIVE, COMMITTED, KiB, MiB, create, download_all,
@@ -302,6 +303,11 @@ def test_a_parallel_put_killed_mid_way_resumes_every_slice_when_run_again(node_f
     wait_until(lambda: durable() > 0 and all(
         not s.parent_upload_id or s.uploaded_offset for s in active_sessions(node)), 20)
     held = durable()
+    code, out, _ = run_cli("uploads", "--addr", node.addr)
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 4 and sum("slice of" in line for line in lines) == 3
+    (parent_line,) = [line for line in lines if "slice of" not in line]
+    assert f"photo-p  {human_size(held)} of 3.0 MiB" in parent_line
     before = received(node)
     code, out, err = run_cli("put", str(src), "--object-id", "photo-p", "--addr", node.addr,
                              "--parallel", "3")
