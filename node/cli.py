@@ -132,6 +132,15 @@ def parse_size(text: str) -> int:
     return int(match.group(1)) * unit
 
 
+def parse_parallel(text: str) -> int:
+    """--parallel N: a stream count from 1 to parallel_plan.MAX_STREAMS."""
+    from node.parallel_plan import MAX_STREAMS
+
+    if not text.strip().isdigit() or not 1 <= int(text) <= MAX_STREAMS:
+        raise argparse.ArgumentTypeError(f"invalid stream count {text!r}: use 1 to {MAX_STREAMS}")
+    return int(text)
+
+
 def parse_metadata(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -280,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Download OBJECT_ID. The bytes go to PATH.mini-oss-partial and are renamed "
                     "into place once their SHA-256 is checked; interrupted, the same command "
                     "run again asks only for the rest, if the object did not change (a --range "
-                    "or '-o -' download starts over).", epilog=EXIT_STATUSES)
+                    "or '-o -' download starts over). An object of 64 MiB or more comes over "
+                    "several streams at once (--parallel).", epilog=EXIT_STATUSES)
     get.add_argument("object_id", metavar="OBJECT_ID")
     get.add_argument("-o", "--output", metavar="PATH",
                      help="file or directory to write (default: the object's file name, made "
@@ -291,6 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("--force", action="store_true",
                      help="replace an existing file of the object's name (without -o, or with "
                           "-o DIR)")
+    get.add_argument("--parallel", type=parse_parallel, default=None, metavar="N",
+                     help="fetch the object as N byte ranges over N streams and connections at "
+                          "once, written into one file (default: one stream below 64 MiB, "
+                          "else the node's worker count, 2 to 8); 1 = one stream. A --range or "
+                          "'-o -' download always uses one stream")
     get.set_defaults(func=cmd_get)
 
     stat = sub.add_parser("stat", parents=[common], help="show an object")
@@ -516,7 +531,8 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 def _download_to_file(client, args: argparse.Namespace, output: str, start: int,
                       end: int | None, generation: str, overwrite: bool, progress) -> Any:
-    """A whole object resumes across runs (node.resume); a range is small enough to redo."""
+    """A whole object resumes across runs (node.resume), over several streams if it is big or
+    --parallel says so; a range is small enough to redo."""
     if (start, end) != (0, None):
         return client.download(args.object_id, output, start=start, end=end,
                                if_generation_match=generation, progress=progress,
@@ -526,7 +542,7 @@ def _download_to_file(client, args: argparse.Namespace, output: str, start: int,
 
     return resume.get(client, StateStore(), args.object_id, output, node=args.addr,
                       overwrite=overwrite, generation=generation, fresh=args.no_resume,
-                      notify=_notifier(args), progress=progress)
+                      notify=_notifier(args), progress=progress, parallel=args.parallel)
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
