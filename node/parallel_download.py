@@ -2,7 +2,8 @@
 
 Why: a Download stream is served by one node worker and read by one client thread (CRC, copy,
 write); a big object fetched as N byte ranges on N connections keeps N workers and N client
-threads busy (measured in tools/bench/RESULTS.md, "Parallel get").
+threads busy. That pays where the client has cores to spare; where it does not, the read-back
+hash makes it slower (tools/bench/RESULTS.md, "get --parallel").
 
 How: `fetch` takes the ranges of a `parallel_plan.Tally` and runs up to `streams` threads.
 Thread t fetches one unfinished range after another on the client's channel t, each as an

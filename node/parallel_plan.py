@@ -25,10 +25,13 @@ Range = tuple[int, int, int]
 #: Cuts fall on multiples of this (or of a larger chunk size).
 ALIGN = 1 * MiB
 #: Below this size a default `get` uses one stream: more would only add connections and threads.
+#: Measured (tools/bench/RESULTS.md, "get --parallel"): on a 2-core machine running the node
+#: too, one stream is ~10 % faster for 256 MiB: the streams go 1.45x faster but the read-back
+#: hash costs more. Parallel is the default for where the client has cores of its own.
 AUTO_MIN_SIZE = 64 * MiB
 #: The default stream count is the node's worker count, kept within these bounds: two streams
-#: help even a one-worker node (one stream is bound by the client thread's CRC and writes),
-#: and past eight the client's own cores are the limit.
+#: help even a one-worker node (one stream is bound by its client thread), and past eight the
+#: client's own cores are the limit.
 AUTO_MIN_STREAMS, AUTO_MAX_STREAMS = 2, 8
 #: The most streams anyone may ask for (each is a thread, a connection and a call slot).
 MAX_STREAMS = 64

@@ -161,6 +161,29 @@ def test_parallel_get_of_a_corrupted_partial_file_fails_its_sha256_and_starts_ov
     assert code == 0 and err == "" and dest.read_bytes() == data
 
 
+def test_a_one_stream_runs_partial_file_is_continued_by_a_parallel_run(slow_node, tmp_path):
+    """The entry a `--parallel 1` run left (version 1, a prefix) is read by a parallel re-run:
+    the prefix is kept as one finished range, the rest is cut into ranges."""
+    data = os.urandom(SIZE)
+    put_upload(slow_node, "pget-7", data)
+    dest = tmp_path / "seven.bin"
+    partial = str(dest) + ".mini-oss-partial"
+    proc = cli("get", "pget-7", "-o", str(dest), "--addr", slow_node.addr, "--parallel", "1")
+    wait_until(lambda: os.path.exists(partial) and os.path.getsize(partial) >= MiB)
+    proc.send_signal(signal.SIGKILL)
+    finish(proc)
+    assert entry_ranges(slow_node, "pget-7", dest) == []  # a one-stream entry
+    prefix = os.path.getsize(partial)
+    quiet(slow_node)
+    before = sent(slow_node)
+    code, _, err = finish(get(slow_node, "pget-7", dest))
+    moved = sent(slow_node) - before
+    assert code == 0, err
+    assert err == f"mini-oss: resuming pget-7 at {human_size(prefix)} of {human_size(SIZE)}\n"
+    assert moved == SIZE - prefix
+    assert dest.read_bytes() == data
+
+
 def test_parallel_flag_is_documented_and_checked():
     code, out, _ = run_cli("get", "--help")
     assert code == 0 and "--parallel N" in out and "64 MiB" in " ".join(out.split())
