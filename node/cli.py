@@ -49,11 +49,6 @@ from node.transfer_state import RERUN_RESUMES
 PROG = "mini-oss"
 DEFAULT_ADDR = "127.0.0.1:8080"
 OBJECT_ID_MAX = 128
-MiB = 1024 * 1024
-#: A transfer of this many bytes or more goes over several streams unless --parallel says
-#: otherwise; at most this many by default (README, "Parallel transfers", has the figures).
-PARALLEL_FROM = 64 * MiB
-PARALLEL_MAX = 8
 _OBJECT_ID_BAD = re.compile(r"[^A-Za-z0-9._-]")
 _SIZE = re.compile(r"(\d+)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
 
@@ -139,14 +134,13 @@ def parse_size(text: str) -> int:
     return int(match.group(1)) * unit
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+def parse_parallel(text: str) -> int:
+    """--parallel N: a stream count from 1 to parallel_plan.MAX_STREAMS."""
+    from node.parallel_plan import MAX_STREAMS
+
+    if not text.strip().isdigit() or not 1 <= int(text) <= MAX_STREAMS:
+        raise argparse.ArgumentTypeError(f"invalid stream count {text!r}: use 1 to {MAX_STREAMS}")
+    return int(text)
 
 
 def parse_metadata(text: str) -> tuple[str, str]:
@@ -317,10 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
                      metavar="KEY=VALUE", help="user metadata (repeatable)")
     put.add_argument("--upload-id", metavar="ID",
                      help="continue this upload session (without local resume state)")
-    put.add_argument("--parallel", type=positive_int, default=None, metavar="N",
+    put.add_argument("--parallel", type=parse_parallel, default=None, metavar="N",
                      help="upload over N streams at once (a sliced session). Default: the "
-                          f"node's worker count (2 to {PARALLEL_MAX}) for files of "
-                          f"{PARALLEL_FROM // MiB} MiB and more, else 1")
+                          "node's worker count (2 to 8) for files of 64 MiB and more, else 1")
     put.set_defaults(func=cmd_put)
 
     get = sub.add_parser(
@@ -333,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "object whose id starts with PREFIX to DIR/<the rest of the id, unescaped "
                     "as put -r escaped it>; a path that would leave DIR is refused, files "
                     "already there with the same SHA-256 are skipped, other existing files are "
-                    "kept unless --force.", epilog=EXIT_STATUSES)
+                    "kept unless --force. An object of 64 MiB or more comes over several "
+                    "streams at once (--parallel).", epilog=EXIT_STATUSES)
     get.add_argument("object_id", metavar="OBJECT_ID")
     get.add_argument("dest", nargs="?", default=None, metavar="DIR",
                      help="with -r: the directory to write into (default: here; or -o DIR)")
@@ -348,6 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("--force", action="store_true",
                      help="replace an existing file of the object's name (without -o, or with "
                           "-o DIR)")
+    get.add_argument("--parallel", type=parse_parallel, default=None, metavar="N",
+                     help="fetch the object as N byte ranges over N streams and connections at "
+                          "once, written into one file (default: one stream below 64 MiB, "
+                          "else the node's worker count, 2 to 8); 1 = one stream. A --range or "
+                          "'-o -' download always uses one stream")
     get.set_defaults(func=cmd_get)
 
     stat = sub.add_parser("stat", parents=[common], help="show an object")
@@ -521,6 +520,8 @@ def cmd_put(args: argparse.Namespace) -> int:
         content_type = mimetypes.guess_type(file_name)[0] or ""
     with _client(args) as client, _progress(args, object_id or args.upload_id) as progress:
         parallel = _parallel(client, args.parallel, os.path.getsize(path))
+        if parallel > 1:
+            client.open_channels(parallel)  # a connection per stream: several workers take it
         if args.upload_id:  # the person names the session: no local state involved
             info = client.upload(path, object_id, file_name=file_name, content_type=content_type,
                                  metadata=dict(args.metadata), if_absent=args.if_absent,
@@ -543,13 +544,13 @@ def cmd_put(args: argparse.Namespace) -> int:
 
 
 def _parallel(client, asked: int | None, size: int) -> int:
-    """How many streams a transfer of `size` bytes uses: as asked, or by default one per node
-    worker (2..PARALLEL_MAX) from PARALLEL_FROM bytes on (see README, "Parallel transfers")."""
+    """How many streams a put of `size` bytes uses: as asked, or the same default as get's
+    (node.parallel_plan.auto_streams)."""
+    from node.parallel_plan import auto_streams
+
     if asked is not None:
         return asked
-    if size < PARALLEL_FROM:
-        return 1
-    return max(2, min(PARALLEL_MAX, client.node_info().workers))
+    return auto_streams(size, lambda: client.node_info().workers)
 
 
 def cmd_get(args: argparse.Namespace) -> int:
@@ -588,7 +589,8 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 def _download_to_file(client, args: argparse.Namespace, output: str, start: int,
                       end: int | None, generation: str, overwrite: bool, progress) -> Any:
-    """A whole object resumes across runs (node.resume); a range is small enough to redo."""
+    """A whole object resumes across runs (node.resume), over several streams if it is big or
+    --parallel says so; a range is small enough to redo."""
     if (start, end) != (0, None):
         return client.download(args.object_id, output, start=start, end=end,
                                if_generation_match=generation, progress=progress,
@@ -598,7 +600,7 @@ def _download_to_file(client, args: argparse.Namespace, output: str, start: int,
 
     return resume.get(client, StateStore(), args.object_id, output, node=args.addr,
                       overwrite=overwrite, generation=generation, fresh=args.no_resume,
-                      notify=_notifier(args), progress=progress)
+                      notify=_notifier(args), progress=progress, parallel=args.parallel)
 
 
 def _wants_tree(args: argparse.Namespace) -> bool:

@@ -388,21 +388,12 @@ class Client:
         self.retry = retry or RetryPolicy()
         #: Deadline of each unary call in seconds (streams have none: they may run for hours).
         self.timeout = timeout
+        self._credentials, self._options = credentials, tuple(options)
         self._channels: list[grpc.Channel] = []
-        for i in range(channels):
-            for target in self.addrs:  # interleaved: consecutive calls go to different nodes
-                opts = list(CHANNEL_OPTIONS) + list(options)
-                if channels > 1:
-                    # A private subchannel pool and a distinct argument: gRPC would otherwise
-                    # let channels to the same target share one TCP connection (one worker).
-                    opts += [("grpc.use_local_subchannel_pool", 1), ("mini_oss.channel_index", i)]
-                if credentials is not None:
-                    self._channels.append(grpc.secure_channel(target, credentials, options=opts))
-                else:
-                    self._channels.append(grpc.insecure_channel(target, options=opts))
-        self._stubs = [oss_pb2_grpc.ObjectStorageStub(c) for c in self._channels]
+        self._stubs: list[oss_pb2_grpc.ObjectStorageStub] = []
         self._next = itertools.count()
         self._lock = threading.Lock()
+        self.open_channels(channels)
         self._reached = False  # has any call ever got an answer from a node?
         self._unreached_failures = 0  # transport failures before that
         #: When each address may be tried again after a transport failure (monotonic seconds).
@@ -421,15 +412,40 @@ class Client:
         for channel in self._channels:
             channel.close()
 
-    def _stub(self) -> oss_pb2_grpc.ObjectStorageStub:
+    def open_channels(self, channels: int) -> None:
+        """Have at least `channels` channels per address, opening more if needed (they join
+        the round robin). `mini-oss get` calls it once it knows a download is parallel, so a
+        small get keeps its one connection."""
+        with self._lock:
+            have = len(self._channels) // len(self.addrs)
+            for i in range(have, channels):
+                for target in self.addrs:  # interleaved: consecutive calls go to other nodes
+                    opts = list(CHANNEL_OPTIONS) + list(self._options)
+                    if channels > 1:
+                        # A private subchannel pool and a distinct argument: gRPC would
+                        # otherwise let channels to one target share a TCP connection (one
+                        # worker).
+                        opts += [("grpc.use_local_subchannel_pool", 1),
+                                 ("mini_oss.channel_index", i)]
+                    if self._credentials is not None:
+                        channel = grpc.secure_channel(target, self._credentials, options=opts)
+                    else:
+                        channel = grpc.insecure_channel(target, options=opts)
+                    self._channels.append(channel)
+                    self._stubs.append(oss_pb2_grpc.ObjectStorageStub(channel))
+
+    def _stub(self, channel: int | None = None) -> oss_pb2_grpc.ObjectStorageStub:
         """The next channel's stub, round robin, skipping an address that just failed (unless
-        every address did)."""
+        every address did). `channel` asks for that one (modulo the count) instead, unless
+        its address just failed: a parallel download keeps each stream on its own connection."""
         now = time.monotonic()
         with self._lock:
-            for _ in range(len(self._stubs)):
-                i = next(self._next) % len(self._stubs)
-                if self._down_until[i % len(self.addrs)] <= now:
-                    break
+            i = -1 if channel is None else channel % len(self._stubs)
+            if i < 0 or self._down_until[i % len(self.addrs)] > now:
+                for _ in range(len(self._stubs)):
+                    i = next(self._next) % len(self._stubs)
+                    if self._down_until[i % len(self.addrs)] <= now:
+                        break
         self._last.index = i
         return self._stubs[i]
 
@@ -705,16 +721,18 @@ class Client:
 
     def iter_download(self, object_id: str, *, start: int = 0, end: int | None = None,
                       chunk_size: int = 0, if_generation_match: str = "", verify: bool = True,
-                      progress: Progress | None = None) -> "DownloadStream":
-        """(offset, bytes) pairs of the range, in order, verified; see `DownloadStream`."""
+                      progress: Progress | None = None,
+                      channel: int | None = None) -> "DownloadStream":
+        """(offset, bytes) pairs of the range, in order, verified; see `DownloadStream`.
+        `channel`: which of the client's connections carries it (default: round robin)."""
         return DownloadStream(self, object_id, start=start, end=end, chunk_size=chunk_size,
                               if_generation_match=if_generation_match, verify=verify,
-                              progress=progress)
+                              progress=progress, channel=channel)
 
     def download(self, object_id: str, dest: str | os.PathLike | BinaryIO, *, start: int = 0,
                  end: int | None = None, chunk_size: int = 0, verify: bool = True,
                  if_generation_match: str = "", progress: Progress | None = None,
-                 overwrite: bool = True) -> ObjectInfo:
+                 overwrite: bool = True, parallel: int = 1) -> ObjectInfo:
         """Write the range [start, end) of the object to `dest` (a path or a binary file).
 
         To a path: through a temporary file in the same directory, renamed into place once
@@ -722,40 +740,63 @@ class Client:
         `overwrite=False` an existing file (or symlink) at the path is never replaced: the
         finished file is hard-linked into place, which fails with FileExistsError if the path
         exists by then.
+
+        `parallel=N` fetches a whole object to a path over up to N streams at once, one byte
+        range each, all pinned to one generation (`node.parallel_download`); stream i uses
+        channel i, so `Client(addr, channels=N)` spreads them over the node's workers. The
+        file's SHA-256 is checked by reading it back once complete. A range, or a file object
+        as `dest`, is fetched on one stream.
         """
-        stream = self.iter_download(object_id, start=start, end=end, chunk_size=chunk_size,
-                                    if_generation_match=if_generation_match, verify=verify,
-                                    progress=progress)
-        if not isinstance(dest, (str, bytes, os.PathLike)):
+        if parallel < 1:
+            raise ValueError("parallel must be >= 1")
+
+        def fill(f: BinaryIO) -> ObjectInfo:
+            stream = self.iter_download(object_id, start=start, end=end, chunk_size=chunk_size,
+                                        if_generation_match=if_generation_match, verify=verify,
+                                        progress=progress)
             for _, data in stream:
-                dest.write(data)
+                f.write(data)
             assert stream.info is not None
             return stream.info
-        path = os.fsdecode(dest)
-        directory = os.path.dirname(os.path.abspath(path))
-        # The temporary name stays well inside the 255-byte limit whatever the final name is
-        # (40 characters are at most 160 bytes of UTF-8).
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path)[:40] + ".",
-                                   suffix=".download")
-        try:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(fd, 0o666 & ~umask)
-            with os.fdopen(fd, "wb") as f:
-                for _, data in stream:
-                    f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            if overwrite:
-                os.replace(tmp, path)
-            else:
-                _place_new(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        assert stream.info is not None
-        return stream.info
+
+        if not isinstance(dest, (str, bytes, os.PathLike)):
+            return fill(dest)
+        if parallel > 1 and (start, end) == (0, None):
+            from node import parallel_download
+
+            return _write_path(dest, overwrite, lambda f: parallel_download.download(
+                self, object_id, f.fileno(), streams=parallel, chunk_size=chunk_size,
+                verify=verify, if_generation_match=if_generation_match, progress=progress))
+        return _write_path(dest, overwrite, fill)
+
+
+def _write_path(dest: str | bytes | os.PathLike, overwrite: bool,
+                fill: Callable[[BinaryIO], ObjectInfo]) -> ObjectInfo:
+    """Run `fill` on a new temporary file next to `dest`, then sync it and move it into place
+    (see `Client.download`); on any failure the temporary file is removed."""
+    path = os.fsdecode(dest)
+    directory = os.path.dirname(os.path.abspath(path))
+    # The temporary name stays well inside the 255-byte limit whatever the final name is
+    # (40 characters are at most 160 bytes of UTF-8).
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path)[:40] + ".",
+                               suffix=".download")
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as f:
+            info = fill(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _place_new(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return info
 
 
 def _place_new(tmp: str, path: str) -> None:
@@ -779,13 +820,18 @@ class DownloadStream:
     `info` (the ObjectInfo), `start` and `end` (the resolved absolute range) are set once the
     first message has arrived. A whole-object download with `verify` raises `Sha256Mismatch`
     at the end if the bytes do not hash to `info.sha256`; a bad chunk CRC or an out-of-order
-    offset raises `ChecksumMismatch` at once.
+    offset raises `ChecksumMismatch` at once. `cancel()`, from any thread, ends it: the
+    iterating thread gets a CANCELLED `TransportError` and nothing is re-issued.
     """
 
     def __init__(self, client: Client, object_id: str, *, start: int, end: int | None,
                  chunk_size: int, if_generation_match: str, verify: bool,
-                 progress: Progress | None) -> None:
+                 progress: Progress | None, channel: int | None = None) -> None:
         self._client = client
+        self._channel = channel
+        self._cancelled = threading.Event()
+        self._call_lock = threading.Lock()  # a call is never opened after cancel() looked
+        self._call: Any = None
         self.object_id = object_id
         self._req_start, self._req_end = start, end
         self._chunk_size = chunk_size
@@ -805,6 +851,22 @@ class DownloadStream:
 
     def close(self) -> None:
         self._iter.close()
+
+    def cancel(self) -> None:
+        """Stop the stream from another thread (see the class)."""
+        with self._call_lock:
+            self._cancelled.set()
+            if self._call is not None:
+                self._call.cancel()
+
+    def _open(self, request: oss_pb2.DownloadRequest) -> Any:
+        client = self._client
+        with self._call_lock:
+            if self._cancelled.is_set():
+                raise TransportError("CANCELLED", f"the download of {self.object_id!r} was "
+                                                  f"cancelled")
+            self._call = client._stub(self._channel).Download(request, **client._call_kw)
+            return self._call
 
     def _first(self, info: ObjectInfo) -> None:
         self.info = info
@@ -830,11 +892,12 @@ class DownloadStream:
 
     def _run(self) -> Iterator[tuple[int, bytes]]:
         client = self._client
-        retrier = _Retrier(client.retry)
+        # Backoff waits on the cancel flag: a cancelled stream does not sleep out its backoff.
+        retrier = _Retrier(client.retry, sleep=self._cancelled.wait)
         hasher = None
         next_offset: int | None = None
         while True:
-            call = client._stub().Download(self._request(next_offset), **client._call_kw)
+            call = self._open(self._request(next_offset))
             try:
                 for message in call:
                     client._reached = True

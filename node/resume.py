@@ -16,10 +16,18 @@ forgotten. Each such decision is one line through `notify`.
 get: the bytes go to `<target>.mini-oss-partial`, pinned to one generation. A re-run re-hashes
 the kept prefix, asks only for the rest with `if_generation_match`, checks the whole SHA-256
 and only then renames the file into place; if the object changed, it starts over.
+
+get over several streams (`parallel`, node.parallel_download): the partial file is made at
+full size and each range is written where it belongs; the entry carries each range's progress,
+saved as the ranges move (node.parallel_plan.Tally.checkpoint) and when the run stops. A re-run
+with the same pin asks only for each range's rest; the whole file is read back and its SHA-256
+checked once every range is done, which also catches kept bytes changed in between. An entry a
+one-stream run left is continued too: its prefix becomes one finished range.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from typing import Any, Callable
@@ -27,6 +35,8 @@ from typing import Any, Callable
 from node import errors
 from node.client import ACTIVE, COMMITTED, Client, ObjectInfo, Progress, _place_new, resumable
 from node.errors import OssError
+from node.parallel_download import check_sha256, fetch, file_sha256
+from node.parallel_plan import Tally, after_prefix, auto_streams, split, valid
 from node.pb import oss_pb2
 from node.progress import human_size
 from node.transfer_state import (DOWNLOAD, RERUN_RESUMES, UPLOAD, DownloadEntry, FileIdentity, StateStore,
@@ -182,24 +192,35 @@ def _sha256_of(f) -> str:
 
 def get(client: Client, store: StateStore, object_id: str, target: str, *, node: str,
         overwrite: bool = True, generation: str = "", fresh: bool = False,
-        notify: Notify = print, progress: Progress | None = None) -> ObjectInfo:
+        notify: Notify = print, progress: Progress | None = None,
+        parallel: int | None = 1) -> ObjectInfo:
     """Download the whole object to `target` through `<target>.mini-oss-partial`, resuming an
     earlier run's partial file when it still belongs to the object's current version.
 
     `generation` pins the version (the caller's stat, when it took the file name from it).
+    `parallel`: streams at once; None = by the object's size and the node's workers
+    (`parallel_plan.auto_streams`). An entry a parallel run left goes on range by range,
+    whatever `parallel` is now (with 1, one range at a time).
     """
     target = os.path.abspath(target)
     partial = partial_path(target)
     entry = store.load(DOWNLOAD, node, object_id, target)
+    ranged = isinstance(entry, DownloadEntry) and bool(entry.ranges)
+    if parallel != 1 or ranged:
+        info = client.stat(object_id)  # its size decides the streams; it pins the version
+        streams = parallel or auto_streams(info.size, lambda: client.node_info().workers)
+        if streams > 1 or ranged:
+            client.open_channels(streams)  # a connection per stream: several workers serve it
+            return _get_parallel(client, store, object_id, target, partial, node=node,
+                                 overwrite=overwrite, generation=generation, fresh=fresh,
+                                 entry=entry, info=info, streams=streams, notify=notify,
+                                 progress=progress)
     prefix = 0
     if isinstance(entry, DownloadEntry):
         have = os.path.getsize(partial) if os.path.isfile(partial) else -1
-        if fresh:
-            notify(f"--no-resume: starting {object_id} over")
-        elif have < 0:
-            notify(f"the partial file of {object_id} is gone: starting over")
-        elif generation and generation != entry.generation or have > entry.size:
-            notify(f"{object_id} changed since the interrupted download: starting over")
+        reason = _start_over_reason(object_id, entry, fresh, have, generation)
+        if reason:
+            notify(reason)
         else:
             prefix = have
         if prefix == 0:
@@ -260,26 +281,123 @@ def _get_into(client: Client, store: StateStore, object_id: str, target: str, pa
             err.metadata[RERUN_RESUMES] = "1"
         raise
     except KeyboardInterrupt:
-        total = stream.info.size if stream.info else 0
-        raise TransferInterrupted(f"at {human_size(done)} of {human_size(total)}; run the same "
-                                  f"command again to resume") from None
+        raise _interrupted(done, stream.info.size if stream.info else 0) from None
     finally:
         if f is not None:
             f.close()
-    got, expected = hasher.hexdigest(), info.sha256.lower()
-    if expected and got != expected:
+    return _finish(store, object_id, target, partial, node=node, overwrite=overwrite, info=info,
+                   got=hasher.hexdigest())
+
+
+def _start_over_reason(object_id: str, entry: DownloadEntry, fresh: bool, have: int,
+                       generation: str) -> str | None:
+    """Why an interrupted download's partial file (`have` bytes, -1 = none) cannot be
+    continued for the object at `generation` ("" = not known yet); None: it can."""
+    if fresh:
+        return f"--no-resume: starting {object_id} over"
+    if have < 0:
+        return f"the partial file of {object_id} is gone: starting over"
+    if generation and generation != entry.generation or have > entry.size:
+        return f"{object_id} changed since the interrupted download: starting over"
+    if entry.ranges and (have != entry.size or not valid(entry.ranges, entry.size)):
+        return (f"the partial file of {object_id} is not what the interrupted download left: "
+                f"starting over")
+    return None
+
+
+def _interrupted(done: int, total: int) -> TransferInterrupted:
+    return TransferInterrupted(f"at {human_size(done)} of {human_size(total)}; run the same "
+                               f"command again to resume")
+
+
+def _finish(store: StateStore, object_id: str, target: str, partial: str, *, node: str,
+            overwrite: bool, info: ObjectInfo, got: str) -> ObjectInfo:
+    """Move the complete partial file into place if it hashes to `got` == the object's SHA-256
+    and forget the entry; a wrong digest discards both, so a re-run starts over."""
+    try:
+        check_sha256(object_id, got, info.sha256,
+                     ": the partial file was discarded, run again to start over")
+    except errors.Sha256Mismatch:
         store.drop(DOWNLOAD, node, object_id, target)
         remove_if_present(partial)
-        raise errors.Sha256Mismatch(
-            f"{object_id} downloaded to bytes that hash to {got}, its ObjectInfo says "
-            f"{expected}: the partial file was discarded, run again to start over",
-            expected=expected, got=got)
+        raise
     if overwrite:
         os.replace(partial, target)
     else:
         _place_new(partial, target)
     store.drop(DOWNLOAD, node, object_id, target)
     return info
+
+
+# --------------------------------------------------------------------------------------------
+# get over several streams
+
+
+def _get_parallel(client: Client, store: StateStore, object_id: str, target: str, partial: str,
+                  *, node: str, overwrite: bool, generation: str, fresh: bool,
+                  entry: DownloadEntry | UploadEntry | None, info: ObjectInfo, streams: int,
+                  notify: Notify, progress: Progress | None) -> ObjectInfo:
+    """The parallel `get`: continue the entry's ranges if they still fit the object `info`
+    (the current version), else start over; a version change met on the way (the object was
+    overwritten since the stat) starts over once more, saying so."""
+    if generation and generation != info.generation:  # changed since the caller's own stat
+        raise errors.GenerationMismatch(f"{object_id} changed as the download began: run again")
+    ranges = None
+    if isinstance(entry, DownloadEntry):
+        have = os.path.getsize(partial) if os.path.isfile(partial) else -1
+        reason = _start_over_reason(object_id, entry, fresh, have, info.generation)
+        if reason:
+            notify(reason)
+        else:  # a one-stream run's prefix is one finished range
+            ranges = entry.ranges or after_prefix(entry.size, have, streams)
+    while True:
+        try:
+            return _get_ranges(client, store, object_id, target, partial, node=node,
+                               overwrite=overwrite, info=info, ranges=ranges, streams=streams,
+                               notify=notify, progress=progress)
+        except (errors.GenerationMismatch, errors.ObjectNotFound):
+            store.drop(DOWNLOAD, node, object_id, target)  # its bytes belong to no version
+            remove_if_present(partial)
+            if ranges is None:
+                raise
+        notify(f"{object_id} changed since the interrupted download: starting over")
+        info, ranges = client.stat(object_id), None
+
+
+def _get_ranges(client: Client, store: StateStore, object_id: str, target: str, partial: str,
+                *, node: str, overwrite: bool, info: ObjectInfo,
+                ranges: tuple[tuple[int, int, int], ...] | None, streams: int, notify: Notify,
+                progress: Progress | None) -> ObjectInfo:
+    """Fetch the rest of `ranges` (None: all of a fresh split) into the partial file, saving
+    their progress in the entry, then verify and place it (`_finish`)."""
+    if ranges is None:
+        ranges = split(0, info.size, streams)
+    tally = Tally(ranges)
+    entry = DownloadEntry(node=node, object_id=object_id, path=target,
+                          generation=info.generation, size=info.size, sha256=info.sha256,
+                          ranges=ranges)
+    if tally.done():
+        notify(f"resuming {object_id} at {human_size(tally.done())} of {human_size(info.size)}")
+    fd = os.open(partial, os.O_RDWR | os.O_CREAT | (0 if tally.done() else os.O_TRUNC), 0o666)
+    try:
+        os.ftruncate(fd, info.size)  # full size: ranges land anywhere (a prefix is extended)
+        store.save(entry)  # before the first byte lands: a kill -9 can resume
+        try:
+            fetch(client, object_id, fd, tally, generation=info.generation, streams=streams,
+                  progress=progress,
+                  checkpoint=lambda now: store.save(dataclasses.replace(entry, ranges=now)))
+        except OssError as err:
+            if resumable(err):  # the entry holds what was fetched
+                err.metadata[RERUN_RESUMES] = "1"
+            raise
+        except KeyboardInterrupt:
+            raise _interrupted(tally.done(), info.size) from None
+        got = file_sha256(fd)  # once, after every range: no stream saw the whole object
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return _finish(store, object_id, target, partial, node=node, overwrite=overwrite, info=info,
+                   got=got)
 
 
 def _open_partial(partial: str, prefix: int, hasher) -> Any:

@@ -12,7 +12,12 @@ A re-run resumes only if the file still has that identity: bytes of two versions
 spliced (the node's SHA-256 check at commit is the last guard, not the plan).
 
 A download entry holds the generation the partial file was pinned to, and its size and SHA-256;
-the partial bytes live next to the target as `<target>.mini-oss-partial`.
+the partial bytes live next to the target as `<target>.mini-oss-partial`. A one-stream download
+keeps a prefix there (its length is the file's size). A parallel one (`get --parallel`) keeps
+the whole-size file with holes, so its entry also says how far each range has got: `ranges`,
+triples (start, end, done). Such an entry is written as version 2; one without ranges stays
+version 1, byte for byte what earlier releases wrote, so either kind is read by this one. An
+entry of a version this release does not know is dropped, never guessed at.
 
 Everything here is pure apart from `StateStore`'s reads and writes of entry files.
 """
@@ -85,6 +90,8 @@ class DownloadEntry:
     generation: str    # what the partial file's bytes belong to
     size: int
     sha256: str
+    #: Per-range progress of a parallel download, (start, end, done) each; () = one stream.
+    ranges: tuple[tuple[int, int, int], ...] = ()
 
 
 def entry_key(kind: str, node: str, object_id: str, path: str) -> str:
@@ -112,20 +119,39 @@ def cache_dir(environ: Mapping[str, str] = os.environ) -> str:
     return os.path.join(base, "mini-oss")
 
 
+#: The newest entry format: 1 = no per-range progress, 2 = a download with `ranges`.
+VERSION = 2
+
+
 def _to_json(entry: UploadEntry | DownloadEntry) -> dict[str, Any]:
     kind = UPLOAD if isinstance(entry, UploadEntry) else DOWNLOAD
-    return {"kind": kind, "version": 1, **dataclasses.asdict(entry)}
+    data = dataclasses.asdict(entry)
+    version = 1
+    if kind == DOWNLOAD:
+        if entry.ranges:
+            version = 2
+        else:
+            del data["ranges"]
+    return {"kind": kind, "version": version, **data}
 
 
 def _from_json(data: Any) -> UploadEntry | DownloadEntry:
     try:
         kind = data.pop("kind")
-        data.pop("version", None)
+        version = data.pop("version", 1)
+        if not isinstance(version, int) or not 1 <= version <= VERSION:
+            raise StateError(f"entry version {version!r} is not one this release reads")
         if kind == UPLOAD:
             data["file"] = FileIdentity(**data["file"])
             return UploadEntry(**data)
         if kind == DOWNLOAD:
-            return DownloadEntry(**data)
+            ranges = data.pop("ranges", [])
+            if version < 2 and ranges:
+                raise StateError("a version 1 entry has no ranges")
+            if not all(isinstance(r, list) and len(r) == 3 and all(type(x) is int for x in r)
+                       for r in ranges):
+                raise StateError("ranges must be [start, end, done] integer triples")
+            return DownloadEntry(**data, ranges=tuple(tuple(r) for r in ranges))
     except (AttributeError, KeyError, TypeError) as exc:
         raise StateError(f"not a transfer entry: {exc}") from None
     raise StateError(f"unknown entry kind {kind!r}")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import os
 import stat
 
@@ -116,3 +118,38 @@ def test_progress_line_draws_on_one_line_with_a_rate():
     bar.close()
     text = out.getvalue()
     assert "\n" not in text and "2.0 MiB/s" in text and text.endswith("\r")
+
+
+def test_download_entries_with_and_without_ranges(tmp_path):
+    """A parallel download's entry (version 2) keeps its ranges; a one-stream entry is still
+    written as version 1, exactly as before, and an entry of version 1 reads back."""
+    store = StateStore(str(tmp_path))
+    path = str(tmp_path / "f")
+    plain = DownloadEntry(node="h:1", object_id="o", path=path, generation="g", size=9,
+                          sha256="cd" * 32)
+    store.save(plain)
+    (name,) = os.listdir(tmp_path)
+    written = json.loads((tmp_path / name).read_text())
+    assert written["version"] == 1 and "ranges" not in written
+    assert store.load(DOWNLOAD, "h:1", "o", path) == plain
+    ranged = dataclasses.replace(plain, ranges=((0, 4, 4), (4, 9, 1)))
+    store.save(ranged)
+    written = json.loads((tmp_path / name).read_text())
+    assert written["version"] == 2 and written["ranges"] == [[0, 4, 4], [4, 9, 1]]
+    assert store.load(DOWNLOAD, "h:1", "o", path) == ranged
+
+
+@pytest.mark.parametrize("change", [{"version": 3}, {"version": "2"},
+                                    {"ranges": [[0, 4]]}, {"ranges": [[0, 4, "4"]]},
+                                    {"version": 1, "ranges": [[0, 9, 0]]}])
+def test_a_download_entry_this_release_cannot_read_is_dropped(tmp_path, change):
+    store = StateStore(str(tmp_path))
+    path = str(tmp_path / "f")
+    store.save(DownloadEntry(node="h:1", object_id="o", path=path, generation="g", size=9,
+                             sha256="cd" * 32, ranges=((0, 9, 0),)))
+    (name,) = os.listdir(tmp_path)
+    data = json.loads((tmp_path / name).read_text())
+    data.update(change)
+    (tmp_path / name).write_text(json.dumps(data))
+    assert store.load(DOWNLOAD, "h:1", "o", path) is None
+    assert not (tmp_path / name).exists()
