@@ -312,8 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     put.add_argument("--upload-id", metavar="ID",
                      help="continue this upload session (without local resume state)")
     put.add_argument("--parallel", type=parse_parallel, default=None, metavar="N",
-                     help="upload over N streams at once (a sliced session). Default: the "
-                          "node's worker count (2 to 8) for files of 64 MiB and more, else 1")
+                     help="upload over N streams at once (a sliced session of N slices, "
+                          "each resumable; default 1: see README, 'Parallel transfers')")
     put.set_defaults(func=cmd_put)
 
     get = sub.add_parser(
@@ -519,7 +519,7 @@ def cmd_put(args: argparse.Namespace) -> int:
     if content_type is None:
         content_type = mimetypes.guess_type(file_name)[0] or ""
     with _client(args) as client, _progress(args, object_id or args.upload_id) as progress:
-        parallel = _parallel(client, args.parallel, os.path.getsize(path))
+        parallel = _parallel(args.parallel)
         if parallel > 1:
             client.open_channels(parallel)  # a connection per stream: several workers take it
         if args.upload_id:  # the person names the session: no local state involved
@@ -543,14 +543,12 @@ def cmd_put(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parallel(client, asked: int | None, size: int) -> int:
-    """How many streams a put of `size` bytes uses: as asked, or the same default as get's
-    (node.parallel_plan.auto_streams)."""
-    from node.parallel_plan import auto_streams
-
-    if asked is not None:
-        return asked
-    return auto_streams(size, lambda: client.node_info().workers)
+def _parallel(asked: int | None) -> int:
+    """How many streams a put uses: as asked, else one. Measured (README, "Parallel
+    transfers"): a sliced session's commit reads every byte back to hash it and writes the
+    object once more, which on a machine whose cores and disk the client shares with the node
+    costs more than the extra streams win, unlike get's ranges."""
+    return asked if asked is not None else 1
 
 
 def cmd_get(args: argparse.Namespace) -> int:

@@ -17,13 +17,11 @@ nothing and the commit can simply run again; the slices are untouched until the 
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
-import contextlib
 import hashlib
 import logging
 import os
-import queue
-import threading
 from typing import TYPE_CHECKING
 
 from node import failpoints
@@ -39,8 +37,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mini_oss.sliced")
 COPY_BLOCK = 8 * 1024 * 1024
-#: Blocks read ahead of the hashing (at most PIPELINE_DEPTH * COPY_BLOCK bytes in memory).
-PIPELINE_DEPTH = 4
+#: Block reads kept in flight ahead of the hashing (READ_AHEAD * COPY_BLOCK bytes of memory).
+READ_AHEAD = 4
 
 
 class SlicedCommit:
@@ -152,43 +150,44 @@ def _broken(store: Store, parent: SessionRecord, why: str, held: set[str]) -> Se
 
 def _copy_slices(sources: list[tuple[PartClaim, int, int]], target: PartClaim):
     """Copy each (slice part, object offset, length) into `target`, in object order, and
-    return the SHA-256 of the whole. Three stages overlap (read, hash, write), each mostly
-    outside the GIL: the copy costs about what the slowest of them does, not their sum."""
-    blocks: queue.Queue = queue.Queue(PIPELINE_DEPTH)
-    stop = threading.Event()
+    return the SHA-256 of the whole.
 
-    def read() -> None:
-        try:
-            for source, at, length in sources:
-                done = 0
-                while done < length and not stop.is_set():
-                    block = os.pread(source.fd, min(COPY_BLOCK, length - done), done)
-                    if not block:
-                        raise OSError(f"slice part {source.path} is shorter than its checkpoint")
-                    blocks.put((at + done, block))
-                    done += len(block)
-            blocks.put(None)
-        except BaseException as exc:
-            blocks.put(exc)
-
+    The slices' bytes were written with O_DIRECT, so they are read from the disk: READ_AHEAD
+    block reads are kept in flight at once (one sequential reader gets a third of what a few
+    concurrent ones get here), the hashing takes them in order, and each block's write
+    overlaps the next block's hashing. Reads, hashing and writes all run outside the GIL."""
+    blocks = ((source, done, at + done, min(COPY_BLOCK, length - done))
+              for source, at, length in sources for done in range(0, length, COPY_BLOCK))
     hasher = hashlib.sha256()
-    with concurrent.futures.ThreadPoolExecutor(2, "mini-oss-compose") as pool:
-        reader = pool.submit(read)
+    with concurrent.futures.ThreadPoolExecutor(READ_AHEAD + 1, "mini-oss-compose") as pool:
+        reads: collections.deque = collections.deque()
         writing: concurrent.futures.Future | None = None
+
+        def read_next() -> None:
+            block = next(blocks, None)
+            if block is not None:
+                reads.append((block[2], pool.submit(_read_block, *block[:2], block[3])))
         try:
-            while (item := blocks.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                at, block = item
-                hasher.update(block)
+            for _ in range(READ_AHEAD):
+                read_next()
+            while reads:
+                at, reading = reads.popleft()
+                data = reading.result()
+                read_next()
+                hasher.update(data)
                 if writing is not None:
                     writing.result()
-                writing = pool.submit(target.write, at, block)
+                writing = pool.submit(target.write, at, data)
             if writing is not None:
                 writing.result()
         finally:
-            stop.set()
-            while not reader.done():  # let a reader blocked on a full queue finish
-                with contextlib.suppress(queue.Empty):
-                    blocks.get(timeout=0.05)
+            for _, reading in reads:
+                reading.cancel()
     return hasher
+
+
+def _read_block(source: PartClaim, offset: int, length: int) -> bytes:
+    data = os.pread(source.fd, length, offset)
+    if len(data) != length:
+        raise OSError(f"slice part {source.path} is shorter than its checkpoint")
+    return data
