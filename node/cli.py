@@ -13,14 +13,14 @@ Client commands take `--token` (or `--token-file`, `$MINI_OSS_TOKEN`, `$MINI_OSS
 these keep the token out of the process list) and `--tls`, `--tls-ca`, `--tls-server-name`.
 No message ever prints a token.
 
-`put` and `get` resume when run again (`node.resume`, state in `node.transfer_state`): Ctrl-C,
+`put` and `get` resume when run again (`node.transfers.resume`, state in `node.transfers.transfer_state`): Ctrl-C,
 kill -9, a lost connection or a node restart leave what a re-run needs; `--no-resume` starts
 afresh. `uploads` lists the node's ACTIVE sessions, `abort` ends one. `put -r DIR` and
-`get -r PREFIX DIR` move whole trees, several files at a time (`node.tree`, `node.tree_run`).
+`get -r PREFIX DIR` move whole trees, several files at a time (`node.transfers.tree`, `node.transfers.tree_run`).
 
 Output: a short human line (or table) on stdout; with `--json` the ObjectInfo fields as one JSON
 object (`ls`, `uploads`: one per line) for scripts. A progress line (binary units, rate, ETA;
-`node.progress`) goes to stderr only when stdout and stderr are terminals and none of `--json`,
+`node.transfers.progress`) goes to stderr only when stdout and stderr are terminals and none of `--json`,
 `--quiet`, `--no-progress` is given. Any failure is ONE line on stderr,
 `mini-oss: error: CODE REASON: message`, and exit status 1; usage errors exit 2 (argparse);
 Ctrl-C exits 130 after saying how to continue.
@@ -43,8 +43,9 @@ from typing import Any, Iterator, Sequence
 
 from node import config
 from node.errors import OssError
-from node.progress import human_size
-from node.transfer_state import RERUN_RESUMES
+from node.transfers.local_names import local_file_name, safe_file_name
+from node.transfers.messages import format_error
+from node.transfers.progress import human_size
 
 PROG = "mini-oss"
 DEFAULT_ADDR = "127.0.0.1:8080"
@@ -72,37 +73,6 @@ def derive_object_id(file_name: str) -> str:
     if not name:
         raise ValueError(f"cannot make an object id from {file_name!r}: pass --object-id")
     return name
-
-
-def safe_file_name(name: str, fallback: str = "") -> str:
-    """A name `get` may create in a directory on its own, from a file name the node sent.
-
-    The node's word is not trusted: only the last component survives (after '/' and '\\'),
-    control, format and separator characters (NUL, newline, ESC, bidi overrides...) become '_',
-    leading dots go (never a dot-file: '.bashrc' -> 'bashrc'), and the result fits in 255
-    bytes of UTF-8, the extension kept where it can be. What is left empty ('', '.', '..')
-    becomes `fallback` made safe the same way (the object id), else 'download'.
-    """
-    from node.names import MAX_NAME_BYTES, utf8_prefix
-
-    for candidate in (name, fallback):
-        if not isinstance(candidate, str):
-            continue
-        base = re.split(r"[/\\]", candidate)[-1]
-        base = "".join("_" if unicodedata.category(c) in _UNSAFE_CATEGORIES else c for c in base)
-        base = base.lstrip(".")
-        if len(base.encode("utf-8")) > MAX_NAME_BYTES:
-            stem, ext = os.path.splitext(base)
-            if ext and len(ext.encode("utf-8")) <= 16:
-                base = utf8_prefix(stem, MAX_NAME_BYTES - len(ext.encode("utf-8"))) + ext
-            else:
-                base = utf8_prefix(base, MAX_NAME_BYTES)
-        if base.strip():
-            return base
-    return "download"
-
-
-_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 
 def parse_range(text: str) -> tuple[int, int | None]:
@@ -136,7 +106,7 @@ def parse_size(text: str) -> int:
 
 def parse_parallel(text: str) -> int:
     """--parallel N: a stream count from 1 to parallel_plan.MAX_STREAMS."""
-    from node.parallel_plan import MAX_STREAMS
+    from node.transfers.parallel_plan import MAX_STREAMS
 
     if not text.strip().isdigit() or not 1 <= int(text) <= MAX_STREAMS:
         raise argparse.ArgumentTypeError(f"invalid stream count {text!r}: use 1 to {MAX_STREAMS}")
@@ -164,26 +134,6 @@ def _time(ms: int) -> str:
         return "-"
     moment = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.timezone.utc)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def format_error(err: BaseException, addr: str = "") -> str:
-    """One line for stderr: 'CODE REASON: message', plus a hint when one helps."""
-    if isinstance(err, OssError):
-        head = f"{err.code} {err.reason}" if err.reason else err.code
-        message = err.message
-        if not err.reason and err.code == "UNAVAILABLE" and addr:
-            message = f"cannot reach the node at {addr}: {message}"
-        line = f"{head}: {message}"
-        upload_id = err.metadata.get("upload_id")
-        if err.metadata.get(RERUN_RESUMES):  # put/get kept their resume state
-            line += " (run the same command again to resume)"
-        elif upload_id and (err.retryable or err.code == "CANCELLED"):
-            line += f" (continue with: put --upload-id {upload_id})"
-    elif isinstance(err, OSError) and err.filename is not None:
-        line = f"{err.strerror or err}: {err.filename!r}"
-    else:
-        line = str(err) or type(err).__name__
-    return " ".join(line.split())
 
 
 # --------------------------------------------------------------------------------------------
@@ -473,7 +423,7 @@ def _progress(args: argparse.Namespace, label: str) -> Iterator[Any]:
             or not sys.stdout.isatty() or not sys.stderr.isatty()):
         yield None
         return
-    from node.progress import ProgressLine
+    from node.transfers.progress import ProgressLine
 
     line = ProgressLine(label)
     try:
@@ -500,20 +450,11 @@ def _print_info(info: Any, args: argparse.Namespace, human: str, *, stream=None)
         print(human, file=stream)
 
 
-def _file_name(path: str) -> str:
-    name = os.path.basename(os.path.abspath(path))
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:  # undecodable bytes in the name (surrogate escapes)
-        name = os.fsencode(name).decode("utf-8", "replace")
-    return name
-
-
 def cmd_put(args: argparse.Namespace) -> int:
     if _wants_tree(args):
         return cmd_tree(args)
     path = args.file
-    file_name = _file_name(path)
+    file_name = local_file_name(path)
     object_id = args.object_id or (None if args.upload_id else derive_object_id(file_name))
     content_type = args.content_type
     if content_type is None:
@@ -529,8 +470,8 @@ def cmd_put(args: argparse.Namespace) -> int:
                                  chunk_size=args.chunk_size, upload_id=args.upload_id,
                                  progress=progress, parallel=parallel)
         else:
-            from node import resume
-            from node.transfer_state import StateStore
+            from node.transfers import resume
+            from node.transfers.transfer_state import StateStore
 
             info = resume.put(client, StateStore(), path, object_id, node=args.addr,
                               fresh=args.no_resume, notify=_notifier(args), progress=progress,
@@ -587,14 +528,14 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 def _download_to_file(client, args: argparse.Namespace, output: str, start: int,
                       end: int | None, generation: str, overwrite: bool, progress) -> Any:
-    """A whole object resumes across runs (node.resume), over several streams if it is big or
+    """A whole object resumes across runs (node.transfers.resume), over several streams if it is big or
     --parallel says so; a range is small enough to redo."""
     if (start, end) != (0, None):
         return client.download(args.object_id, output, start=start, end=end,
                                if_generation_match=generation, progress=progress,
                                overwrite=overwrite)
-    from node import resume
-    from node.transfer_state import StateStore
+    from node.transfers import resume
+    from node.transfers.transfer_state import StateStore
 
     return resume.get(client, StateStore(), args.object_id, output, node=args.addr,
                       overwrite=overwrite, generation=generation, fresh=args.no_resume,
@@ -634,7 +575,7 @@ def cmd_tree(args: argparse.Namespace) -> int:
     if problem:
         print(f"{PROG} {args.command}: error: {problem}", file=sys.stderr)
         return 2
-    from node import tree_run
+    from node.transfers import tree_run
 
     started = time.monotonic()
     with _client(args) as client, _progress(args, f"{args.command} -r") as line:

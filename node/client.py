@@ -584,7 +584,7 @@ class Client:
                     slices=parallel if parallel > 1 else 0)
             try:
                 if session.slices:
-                    from node.parallel_upload import upload_sliced
+                    from node.transfers.parallel_upload import upload_sliced
                     return upload_sliced(self, session, fileobj, size, sha256 or "", progress)
                 return self._upload_session(session, fileobj, size, sha256 or "", progress)
             except OssError as err:
@@ -742,7 +742,7 @@ class Client:
         exists by then.
 
         `parallel=N` fetches a whole object to a path over up to N streams at once, one byte
-        range each, all pinned to one generation (`node.parallel_download`); stream i uses
+        range each, all pinned to one generation (`node.transfers.parallel_download`); stream i uses
         channel i, so `Client(addr, channels=N)` spreads them over the node's workers. The
         file's SHA-256 is checked by reading it back once complete. A range, or a file object
         as `dest`, is fetched on one stream.
@@ -762,7 +762,7 @@ class Client:
         if not isinstance(dest, (str, bytes, os.PathLike)):
             return fill(dest)
         if parallel > 1 and (start, end) == (0, None):
-            from node import parallel_download
+            from node.transfers import parallel_download
 
             return _write_path(dest, overwrite, lambda f: parallel_download.download(
                 self, object_id, f.fileno(), streams=parallel, chunk_size=chunk_size,

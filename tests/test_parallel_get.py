@@ -3,7 +3,7 @@ Download streams into one file (issue 11, item 5). Real nodes, real CLI processe
 
 The CLI tests share one node per test process, slowed by `--rate-limit-bytes` (4 MiB/s for
 the whole client) so that a `get` can be interrupted mid-transfer; each uses its own object.
-What a run saved is read from its resume entry (node.transfer_state, in the per-test
+What a run saved is read from its resume entry (node.transfers.transfer_state, in the per-test
 XDG_CACHE_HOME that the CLI processes inherit); what the node sent, from its /metrics.
 """
 
@@ -19,8 +19,8 @@ import pytest
 from conftest import RunningNode, stop_all
 from node import errors
 from node.client import Client
-from node.progress import human_size
-from node.transfer_state import DOWNLOAD, StateStore
+from node.transfers.progress import human_size
+from node.transfers.transfer_state import DOWNLOAD, StateStore
 from test_resume_cli import cli, finish, metric, put_upload, run_cli, sent, wait_until
 
 KiB = 1024

@@ -1,4 +1,4 @@
-"""The arithmetic of a parallel download (node.parallel_plan): ranges, defaults, bookkeeping."""
+"""The arithmetic of a parallel download (node.transfers.parallel_plan): ranges, defaults, bookkeeping."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.parallel_plan import (ALIGN, AUTO_MIN_SIZE, SAVE_BYTES, SAVE_SECONDS, Tally,
+from node.transfers.parallel_plan import (ALIGN, AUTO_MIN_SIZE, SAVE_BYTES, SAVE_SECONDS, Tally,
                                 after_prefix, auto_streams, save_step, split, valid)
 
 MiB = 1024 * 1024

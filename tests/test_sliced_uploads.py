@@ -17,7 +17,7 @@ import pytest
 
 from node.catalog.sqlite import SCHEMA, Catalog
 from node.pb import oss_pb2 as pb
-from node.progress import human_size
+from node.transfers.progress import human_size
 from node.session_rules import MAX_SLICES
 from tests.conftest import RunningNode
 from tests.contract import (ABORTED, ACTIVE, COMMITTED, KiB, MiB, create, download_all,

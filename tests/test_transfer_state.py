@@ -1,4 +1,4 @@
-"""The command line's resume entries (node.transfer_state) and progress line (node.progress)."""
+"""The command line's resume entries (node.transfers.transfer_state) and progress line (node.transfers.progress)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.progress import ProgressLine, human_duration, human_size, progress_line
-from node.transfer_state import (DOWNLOAD, UPLOAD, DownloadEntry, FileIdentity, StateStore,
+from node.transfers.progress import ProgressLine, human_duration, human_size, progress_line
+from node.transfers.transfer_state import (DOWNLOAD, UPLOAD, DownloadEntry, FileIdentity, StateStore,
                                  UploadEntry, cache_dir, change_reason, entry_key, partial_path)
 
 IDENT = FileIdentity(size=10, mtime_ns=1, inode=2, device=3, ctime_ns=4)

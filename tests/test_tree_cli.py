@@ -1,5 +1,5 @@
 """`mini-oss put -r DIR` and `get -r PREFIX DIR`: whole trees, against real nodes and real CLI
-processes (node.tree, node.tree_run).
+processes (node.transfers.tree, node.transfers.tree_run).
 
 One node serves most tests (module-scoped; each test its own prefix, files of a few KiB);
 the interruption tests share a second one slowed by --rate-limit-bytes. Bytes moved are counted
@@ -24,8 +24,8 @@ from conftest import RunningNode, stop_all
 from node import errors
 from node.cli import main
 from node.client import Client
-from node.progress import human_size
-from node.tree import Failure, Tally, UnsafePath, object_id_for, relative_path_for, walk
+from node.transfers.progress import human_size
+from node.transfers.tree import Failure, Tally, UnsafePath, object_id_for, relative_path_for, walk
 from test_resume_cli import (CHUNK, SLOW, active_sessions, cli, finish, received, run_cli,
                              sent, wait_until)
 

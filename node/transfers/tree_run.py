@@ -1,7 +1,7 @@
 """Moving a whole tree: `put -r` and `get -r`, several files in flight, one progress line.
 
-Why: `node.tree` decides what a tree is; this runs it. Each file goes through the resumable
-single-file functions (`node.resume.put`/`get`, one state entry each in the cache directory), so
+Why: `node.transfers.tree` decides what a tree is; this runs it. Each file goes through the resumable
+single-file functions (`node.transfers.resume.put`/`get`, one state entry each in the cache directory), so
 a re-run of the same command skips what is already there (same size and SHA-256 on both sides)
 and resumes what was cut, file by file.
 
@@ -27,11 +27,13 @@ import threading
 import time
 from typing import Any, Callable, Iterable
 
-from node import errors, resume
-from node.resume import TransferInterrupted
-from node.transfer_state import StateStore
-from node.cli import _file_name, format_error
-from node.tree import (Failure, LocalFile, Skipped, Tally, UnsafePath, object_id_for,
+from node import errors
+from node.transfers import resume
+from node.transfers.resume import TransferInterrupted
+from node.transfers.transfer_state import StateStore
+from node.transfers.local_names import local_file_name
+from node.transfers.messages import format_error
+from node.transfers.tree import (Failure, LocalFile, Skipped, Tally, UnsafePath, object_id_for,
                        relative_path_for, shown, walk)
 
 Notify = Callable[[str], Any]
@@ -48,7 +50,7 @@ class _Stopped(Exception):
 class TreeProgress:
     """One progress line for all files (total: every planned byte; done: summed over files,
     unchanged ones counted whole), and the stop switch the workers' callbacks look at.
-    Thread-safe; `line` (a node.progress.ProgressLine) may be None: nothing is drawn."""
+    Thread-safe; `line` (a node.transfers.progress.ProgressLine) may be None: nothing is drawn."""
 
     def __init__(self, line, command: str, notify: Notify) -> None:
         self._line, self._command, self._notify = line, command, notify
@@ -130,7 +132,7 @@ def put_tree(client, root: str, prefix: str, *, node: str, jobs: int, keep_going
         if (there is not None and there.size == size
                 and there.sha256.lower() == _sha256(local.path)):
             return _UNCHANGED
-        file_name = _file_name(local.path)
+        file_name = local_file_name(local.path)
         kind = content_type if content_type is not None else (
             mimetypes.guess_type(file_name)[0] or "")
         resume.put(client, store, local.path, object_id, node=node, fresh=fresh,

@@ -1,9 +1,9 @@
 """Whole directories: the planning behind `mini-oss put -r DIR` and `get -r PREFIX DIR`.
 
-Why a module of its own: a tree is many single transfers (`node.resume.put`/`get`, each
+Why a module of its own: a tree is many single transfers (`node.transfers.resume.put`/`get`, each
 resuming on a re-run exactly as alone) plus what only a tree has: which files there are, which
 object id each one gets and back, what to skip, and one summary. Those rules are here, without
-gRPC; `node.tree_run` moves the bytes, several files at a time.
+gRPC; `node.transfers.tree_run` moves the bytes, several files at a time.
 
 Object ids and paths. An object id holds only `A-Z a-z 0-9 . _ -` (API.md "Names"), so a path
 cannot be one as it stands. `put -r` escapes the path relative to DIR, byte by byte of its
@@ -15,7 +15,7 @@ an id longer than 128 characters is that file's error, not the tree's.
 `get -r` reverses it for every object under PREFIX, and trusts none of it: the node could send
 any id (`a_2F.._2F.._2Fx`, a literal `../x`, an empty remainder). After unescaping, a path with
 an empty, '.' or '..' segment (so also an absolute one) is refused, control and format characters
-become '_' (the rule of `cli.safe_file_name`), and the path is joined below DIR one segment at a
+become '_' (the rule of `local_names.safe_file_name`), and the path is joined below DIR one segment at a
 time by `tree_run`, which never follows a symbolic link on the way. An id that is not an escape
 put -r made (`img_1.jpg`) is taken as it is: `_` followed by anything but `_` or two upper-case
 hex digits stays `_`. Leading dots are kept: inside a directory the person chose, a dot-file is
@@ -31,11 +31,11 @@ import string
 import unicodedata
 from typing import Any, Iterator
 
-from node.cli import _UNSAFE_CATEGORIES
+from node.transfers.local_names import UNSAFE_CATEGORIES
 from node.errors import InvalidName
 from node.names import validate_object_id
-from node.progress import human_size
-from node.transfer_state import PARTIAL_SUFFIX
+from node.transfers.progress import human_size
+from node.transfers.transfer_state import PARTIAL_SUFFIX
 
 #: Bytes put -r keeps as they are in an object id; '_' is the escape.
 _KEPT = frozenset((string.ascii_letters + string.digits + ".-").encode())
@@ -107,7 +107,7 @@ def _unescape(text: str) -> bytes:
 
 
 def _safe_segment(segment: str) -> str:
-    return "".join("_" if unicodedata.category(c) in _UNSAFE_CATEGORIES else c for c in segment)
+    return "".join("_" if unicodedata.category(c) in UNSAFE_CATEGORIES else c for c in segment)
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,7 +189,7 @@ def shown(relative: str) -> str:
 class Failure:
     where: str       # the path below DIR ('' when the id names none)
     object_id: str
-    error: str       # one line, as cli.format_error writes it
+    error: str       # one line, as messages.format_error writes it
 
     def line(self) -> str:
         where = shown(self.where)

@@ -28,7 +28,7 @@ import time
 from typing import Any, Callable
 
 from node import errors
-from node.parallel_plan import Range, Tally, split
+from node.transfers.parallel_plan import Range, Tally, split
 
 Progress = Callable[[int, int], Any]
 Checkpoint = Callable[[tuple[Range, ...]], Any]

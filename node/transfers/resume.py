@@ -1,7 +1,7 @@
 """`put` and `get` that resume when run again, for the command line.
 
 Why: the library resumes within one process; a person re-runs the command. These two functions
-put a `node.transfer_state` entry around a `Client` transfer: written before the first byte
+put a `node.transfers.transfer_state` entry around a `Client` transfer: written before the first byte
 moves, dropped once the transfer is done or cannot be resumed, left in place by anything that
 can be resumed (Ctrl-C, kill -9, a lost connection, a node restart).
 
@@ -17,9 +17,9 @@ get: the bytes go to `<target>.mini-oss-partial`, pinned to one generation. A re
 the kept prefix, asks only for the rest with `if_generation_match`, checks the whole SHA-256
 and only then renames the file into place; if the object changed, it starts over.
 
-get over several streams (`parallel`, node.parallel_download): the partial file is made at
+get over several streams (`parallel`, node.transfers.parallel_download): the partial file is made at
 full size and each range is written where it belongs; the entry carries each range's progress,
-saved as the ranges move (node.parallel_plan.Tally.checkpoint) and when the run stops. A re-run
+saved as the ranges move (node.transfers.parallel_plan.Tally.checkpoint) and when the run stops. A re-run
 with the same pin asks only for each range's rest; the whole file is read back and its SHA-256
 checked once every range is done, which also catches kept bytes changed in between. An entry a
 one-stream run left is continued too: its prefix becomes one finished range.
@@ -35,11 +35,11 @@ from typing import Any, Callable
 from node import errors
 from node.client import ACTIVE, COMMITTED, Client, ObjectInfo, Progress, _place_new, resumable
 from node.errors import OssError
-from node.parallel_download import check_sha256, fetch, file_sha256
-from node.parallel_plan import Tally, after_prefix, auto_streams, split, valid
+from node.transfers.parallel_download import check_sha256, fetch, file_sha256
+from node.transfers.parallel_plan import Tally, after_prefix, auto_streams, split, valid
 from node.pb import oss_pb2
-from node.progress import human_size
-from node.transfer_state import (DOWNLOAD, RERUN_RESUMES, UPLOAD, DownloadEntry, FileIdentity, StateStore,
+from node.transfers.progress import human_size
+from node.transfers.transfer_state import (DOWNLOAD, RERUN_RESUMES, UPLOAD, DownloadEntry, FileIdentity, StateStore,
                                  UploadEntry, change_reason, partial_path,
                                  remove_if_present)
 
