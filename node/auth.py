@@ -100,6 +100,7 @@ ROLES = {str(role): role for role in Role}
 METHOD_ROLES: dict[str, Role] = {
     "Download": Role.READ, "StatObject": Role.READ, "ListObjects": Role.READ,
     "GetNodeInfo": Role.READ, "GetUploadSession": Role.READ, "ListUploadSessions": Role.READ,
+    "SignDownloadUrl": Role.READ,
     "CreateUploadSession": Role.WRITE, "Upload": Role.WRITE, "AbortUploadSession": Role.WRITE,
     "DeleteObject": Role.WRITE,
 }
@@ -108,6 +109,7 @@ METHOD_ROLES: dict[str, Role] = {
 PREFIX_FIELDS: dict[str, str] = {
     "CreateUploadSession": "object_id", "Download": "object_id", "StatObject": "object_id",
     "DeleteObject": "object_id", "ListObjects": "prefix", "ListUploadSessions": "object_id_prefix",
+    "SignDownloadUrl": "object_id",
 }
 
 

@@ -113,6 +113,13 @@ def parse_parallel(text: str) -> int:
     return int(text)
 
 
+def parse_seconds(text: str) -> int:
+    """--expires: whole seconds, 1 to 7 days."""
+    if not text.strip().isdigit() or not 1 <= int(text) <= 7 * 24 * 3600:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: use 1 to 604800 seconds")
+    return int(text)
+
+
 def parse_metadata(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -157,7 +164,8 @@ SERVE_FLAGS: list[tuple[str, Any, str]] = [
     ("--rate-limit-burst", float, "SECONDS"), ("--auth-token-file", str, "FILE"),
     ("--tls-cert", str, "PEM_FILE"), ("--tls-key", str, "PEM_FILE"),
     ("--max-streams-per-client", int, "N"), ("--max-streams-per-connection", int, "N"),
-    ("--download-stall-timeout", float, "SECONDS"),
+    ("--download-stall-timeout", float, "SECONDS"), ("--http-listen", str, "HOST:PORT"),
+    ("--url-signing-key-file", str, "FILE"), ("--http-cors-origins", str, "ORIGINS"),
 ]
 
 
@@ -317,6 +325,19 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Abort an ACTIVE upload session and free its bytes.")
     abort.add_argument("upload_id", metavar="UPLOAD_ID")
     abort.set_defaults(func=cmd_abort)
+
+    url = sub.add_parser(
+        "url", parents=[common], help="print a signed download URL",
+        description="Print an http:// (https:// with TLS) URL that downloads OBJECT_ID with no "
+                    "header (a browser, curl, a CDN) until it expires. The node signs it for a "
+                    "token that may read the object; changing any part of it makes it fail "
+                    "(403).", epilog=EXIT_STATUSES)
+    url.add_argument("object_id", metavar="OBJECT_ID")
+    url.add_argument("--expires", type=parse_seconds, default=3600, metavar="SECONDS",
+                     help="how long the URL works (default 3600; at most 604800, 7 days)")
+    url.add_argument("--generation", default="", metavar="G",
+                     help="serve only this version (the URL fails once it is replaced)")
+    url.set_defaults(func=cmd_url)
 
     rm = sub.add_parser("rm", parents=[common], help="delete an object")
     rm.add_argument("object_id", metavar="ID")
@@ -677,6 +698,13 @@ def cmd_uploads(args: argparse.Namespace) -> int:
             print(f"{session.upload_id}  {session.object_id}  "
                   f"{human_size(held)} of {human_size(session.file_size)}"
                   f"  expires {_time(session.expires_at_unix_ms)}{shape}")
+    return 0
+
+
+def cmd_url(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        url = client.sign_url(args.object_id, expires=args.expires, generation=args.generation)
+    print(json.dumps({"url": url}) if args.json else url)
     return 0
 
 

@@ -511,6 +511,20 @@ class Client:
         # behind, which expires; failing a whole upload for that would be worse.
         return self._unary("CreateUploadSession", request)
 
+    def sign_url(self, object_id: str, *, expires: int = 0, generation: str = "") -> str:
+        """An absolute URL that downloads `object_id` with no header until it expires
+        (`expires` seconds, default an hour, at most 7 days); `generation` pins one version.
+        The node signs it (SignDownloadUrl): the key never leaves the node. Its host is the
+        one this client reached the node at; https when this client uses TLS."""
+        request = oss_pb2.SignDownloadUrlRequest(object_id=object_id, expires_in_seconds=expires,
+                                                 generation=generation)
+        signed = self._unary("SignDownloadUrl", request)
+        if not signed.http_port:
+            raise errors.InvalidArgument("the node serves no HTTP (--http-listen is off)")
+        addr = self.addrs[getattr(self._last, "index", 0) % len(self.addrs)]
+        host = addr.rsplit(":", 1)[0]
+        return f"{'https' if self.tls else 'http'}://{host}:{signed.http_port}{signed.path}"
+
     def get_session(self, upload_id: str) -> UploadSession:
         return self._unary("GetUploadSession", oss_pb2.GetUploadSessionRequest(upload_id=upload_id))
 

@@ -71,6 +71,9 @@ class Settings:
     auth_token_file: str = _setting("", "Token file (token -> read/write/admin [prefix]); empty = no auth.")
     tls_cert: str = _setting("", "PEM certificate chain for TLS on the gRPC port; empty = plaintext.")
     tls_key: str = _setting("", "PEM private key for --tls-cert.")
+    http_listen: str = _setting("0.0.0.0:8081", "HTTP address HOST:PORT (downloads, signed URLs, tus uploads; TLS with --tls-cert too); empty turns it off; port 0 picks a free one.")
+    url_signing_key_file: str = _setting("", "File of the key that signs download URLs (shared by every node of a cluster); empty = DATA_DIR/url-signing.key, made on first start.")
+    http_cors_origins: str = _setting("", "Comma-separated origins whose web pages may call the HTTP port (CORS), or '*'; empty = none.")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -87,6 +90,8 @@ class Settings:
         if self.catalog and not self.catalog.startswith(("postgresql://", "postgres://")):
             raise SettingsError("catalog must be empty (SQLite) or a postgresql:// URL")
         split_host_port(self.listen)
+        if self.http_listen:
+            split_host_port(self.http_listen)
         if self.metrics_listen:
             split_host_port(self.metrics_listen)
 

@@ -28,6 +28,9 @@ COUNTERS = (
     # CPU seconds of the slot's worker processes, each adding its own from its heartbeat: a
     # restarted worker adds to what its predecessors used, so the total never goes down.
     "cpu_seconds",
+    # The HTTP face: object bytes sent and received, and requests by status class.
+    "http_sent_bytes", "http_received_bytes",
+    "http_requests_2xx", "http_requests_3xx", "http_requests_4xx", "http_requests_5xx",
 )
 GAUGES = ("active_streams", "heartbeat", "pid", "ready", "starts")
 STATUS_CODES = (
@@ -41,6 +44,7 @@ HISTOGRAMS = {
     "chunk_write_seconds": _LATENCY_BUCKETS,
     "commit_seconds": _LATENCY_BUCKETS,
     "download_first_byte_seconds": _LATENCY_BUCKETS,
+    "http_request_seconds": _LATENCY_BUCKETS,
 }
 
 

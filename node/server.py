@@ -136,6 +136,13 @@ class Worker:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         self._sweeper: asyncio.Task | None = None
         self.port = 0
+        #: The HTTP face (node.http.face), on a thread and event loop of its own.
+        self.face = None
+        if settings.http_listen:
+            from node.http.face import Face
+
+            self.face = Face(settings, self.store, self.pool, table=table, events=events,
+                             limiter=RateLimiter(settings) if limiter is not None else None)
 
     async def start(self) -> int:
         host, port = split_host_port(self.settings.listen)
@@ -147,6 +154,8 @@ class Worker:
         if not self.port:
             raise OSError(f"could not bind {self.settings.listen}")
         await self.server.start()
+        if self.face is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.face.start)
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._sweeper = asyncio.create_task(self._sweep_forever())
@@ -171,7 +180,10 @@ class Worker:
         self.servicer.draining = True
         if self._sweeper is not None:
             self._sweeper.cancel()
-        await self.server.stop(grace)
+        closing = [self.server.stop(grace)]
+        if self.face is not None:
+            closing.append(asyncio.get_running_loop().run_in_executor(None, self.face.drain, grace))
+        await asyncio.gather(*closing)
         # Cancelled uploads queue their checkpoints in the pool: let them finish first.
         await self.servicer.wait_for_cleanups(timeout=30.0)
         await asyncio.get_running_loop().run_in_executor(None, self.pool.shutdown, True)

@@ -19,8 +19,10 @@ import grpc
 
 from node import __version__
 from node.catalog import ObjectRecord, SessionRecord
-from node.errors import (Draining, IdleTimeout, InvalidArgument, OssError, TooManyOpenFiles,
-                         TooManyStreams)
+from node.config import split_host_port
+from node.errors import (Draining, GenerationMismatch, IdleTimeout, InvalidArgument, OssError,
+                         TooManyOpenFiles, TooManyStreams)
+from node.http import signing
 from node.limits import out_of_files
 from node.metrics import NullSlot
 from node.pb import oss_pb2, oss_pb2_grpc
@@ -84,6 +86,8 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
         #: Open Upload and Download streams per client address, in this worker (the cap is
         #: `max_streams_per_client`); a client with none has no entry.
         self.client_streams: dict[str, int] = {}
+        #: The URL signing key (node.http.signing), read on first use.
+        self.signing_key: bytes | None = None
         self._fd_warned_at = -1e9
         self._fd_failures = 0
         #: Checkpoints that cancelled streams queued; drain waits for them.
@@ -449,8 +453,36 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
                 max_streams_per_client=s.max_streams_per_client,
                 max_streams_per_connection=s.max_streams_per_connection,
                 download_stall_timeout_ms=int(s.download_stall_timeout * 1000),
-                node_name=s.node_name, catalog_backend=self.store.backend.name)
+                node_name=s.node_name, catalog_backend=self.store.backend.name,
+                http_port=http_port(s))
         return await self._guard(context, body, request)
+
+    async def SignDownloadUrl(self, request, context):
+        async def body():
+            expires_in = request.expires_in_seconds or signing.DEFAULT_EXPIRES_SECONDS
+            if not 0 < expires_in <= signing.MAX_EXPIRES_SECONDS:
+                raise InvalidArgument(f"expires_in_seconds must be 1..{signing.MAX_EXPIRES_SECONDS}"
+                                      " (7 days)", field="expires_in_seconds")
+            obj = await self._run(self.store.stat, request.object_id)  # it exists, and may be read
+            if request.generation and request.generation != obj.generation:
+                raise GenerationMismatch("the object's current generation does not match",
+                                         current_generation=obj.generation)
+            if self.signing_key is None:
+                self.signing_key = await self._run(
+                    signing.load_or_create_key, self.store.settings.data_dir,
+                    self.store.settings.url_signing_key_file)
+            expires = int(time.time()) + expires_in
+            path = (f"/v1/objects/{request.object_id}?"
+                    f"{signing.query(self.signing_key, request.object_id, expires, request.generation)}")
+            return oss_pb2.SignedDownloadUrl(path=path, http_port=http_port(self.store.settings),
+                                             expires_at_unix_ms=expires * 1000,
+                                             generation=request.generation)
+        return await self._guard(context, body, request)
+
+
+def http_port(settings) -> int:
+    """The HTTP face's port (the supervisor has put the bound one into the settings)."""
+    return split_host_port(settings.http_listen)[1] if settings.http_listen else 0
 
 
 def generic_handler(servicer: ObjectStorageServicer) -> grpc.GenericRpcHandler:

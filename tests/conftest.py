@@ -32,6 +32,7 @@ import pytest
 from node.pb import oss_pb2_grpc
 
 READY = re.compile(r"mini-oss gRPC server started at :(\d+)")
+HTTP_READY = re.compile(r"mini-oss HTTP server started at :(\d+)")
 START_TIMEOUT = 30.0
 
 
@@ -114,15 +115,22 @@ class RunningNode:
         self.env = env or {}
         self.proc: subprocess.Popen | None = None
         self.port = 0
+        self.http_port = 0
         self.output: list[str] = []
 
     @property
     def addr(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
     def command(self) -> list[str]:
         args = [sys.executable, "-m", "node", "serve", "--listen", "127.0.0.1:0",
                 "--data-dir", str(self.data_dir), "--metrics-listen", ""]
+        if "http_listen" not in self.flags:
+            args += ["--http-listen", "127.0.0.1:0"]
         for name, value in self.flags.items():
             flag = "--" + name.replace("_", "-")
             if value is True:
@@ -143,6 +151,9 @@ class RunningNode:
             if not line:
                 break
             self.output.append(line)
+            http = HTTP_READY.search(line)
+            if http:
+                self.http_port = int(http.group(1))
             match = READY.search(line)
             if match:
                 self.port = int(match.group(1))

@@ -165,7 +165,7 @@ def test_a_mistyped_catalog_url_is_refused_not_taken_for_an_empty_namespace(clus
         client.upload(io.BytesIO(b"keep me"), "kept")
     a.stop()
     empty = postgres_server.new_database()
-    refused = subprocess.run([sys.executable, "-m", "node", "serve", "--listen", "127.0.0.1:0",
+    refused = subprocess.run([sys.executable, "-m", "node", "serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
                               "--data-dir", str(cluster.data_dir), "--metrics-listen", "",
                               "--catalog", empty], capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1
@@ -174,7 +174,7 @@ def test_a_mistyped_catalog_url_is_refused_not_taken_for_an_empty_namespace(clus
     assert len(os.listdir(cluster.data_dir / "objects")) == 1
     # An SQLite node may not take a data directory that PostgreSQL nodes share, nor the other way.
     b = cluster()
-    solo = subprocess.run([sys.executable, "-m", "node", "serve", "--listen", "127.0.0.1:0",
+    solo = subprocess.run([sys.executable, "-m", "node", "serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
                            "--data-dir", str(cluster.data_dir), "--metrics-listen", ""],
                           capture_output=True, text=True, timeout=60)
     refusal = solo.stderr.strip().splitlines()[-1]

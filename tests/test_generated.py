@@ -16,7 +16,8 @@ def test_proto_declares_the_contract_service():
     assert service.full_name == "oss.v1.ObjectStorage"
     assert [m.name for m in service.methods] == [
         "CreateUploadSession", "GetUploadSession", "AbortUploadSession", "Upload", "Download",
-        "StatObject", "ListObjects", "DeleteObject", "ListUploadSessions", "GetNodeInfo"]
+        "StatObject", "ListObjects", "DeleteObject", "ListUploadSessions", "GetNodeInfo",
+        "SignDownloadUrl"]
     state = oss_pb2.UploadSession.State
     assert [(n, state.Value(n)) for n in ("STATE_UNSPECIFIED", "ACTIVE", "COMMITTED", "ABORTED")] == [
         ("STATE_UNSPECIFIED", 0), ("ACTIVE", 1), ("COMMITTED", 2), ("ABORTED", 3)]

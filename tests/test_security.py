@@ -675,7 +675,7 @@ def test_bad_token_file_stops_serve_naming_the_line(tmp_path):
     tokens.write_text(f"{ADMIN} admin\n{READER} reader\n")
     tokens.chmod(0o600)
     result = subprocess.run(
-        [sys.executable, "-m", "node", "serve", "--listen", "127.0.0.1:0", "--workers", "1",
+        [sys.executable, "-m", "node", "serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--workers", "1",
          "--data-dir", str(tmp_path / "data"), "--metrics-listen", "",
          "--auth-token-file", str(tokens)],
         capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONUNBUFFERED="1"))

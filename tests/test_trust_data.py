@@ -38,7 +38,7 @@ def chunk(upload_id: str, offset: int, data: bytes) -> pb.UploadChunk:
 
 def serve(data_dir, *extra: str, timeout: float = 60) -> subprocess.CompletedProcess:
     """`mini-oss serve` on `data_dir`, expected to refuse: its exit status and output."""
-    return subprocess.run([sys.executable, "-m", "node", "serve", "--listen", "127.0.0.1:0",
+    return subprocess.run([sys.executable, "-m", "node", "serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
                            "--data-dir", str(data_dir), "--metrics-listen", "", *extra],
                           capture_output=True, text=True, timeout=timeout)
 

@@ -266,7 +266,7 @@ def test_metrics_totals_survive_a_worker_restart(node_factory):
 def test_a_worker_that_cannot_boot_stops_serve_with_the_reason(tmp_path):
     env = dict(os.environ, MINI_OSS_FAILPOINTS="worker_boot=error")
     proc = subprocess.run(
-        [sys.executable, "-m", "node", "serve", "--listen", "127.0.0.1:0", "--data-dir",
+        [sys.executable, "-m", "node", "serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir",
          str(tmp_path / "data"), "--metrics-listen", "", "--workers", "2"],
         capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode != 0

@@ -43,7 +43,7 @@ def worker_stats(supervisor: psutil.Process) -> dict[int, tuple[int, int]]:
 
 
 def start_node(data_dir: str) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "node", "serve", "--listen", "127.0.0.1:0",
+    proc = subprocess.Popen([sys.executable, "-m", "node", "serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
                              "--data-dir", data_dir, "--metrics-listen", ""],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in proc.stdout:

@@ -228,7 +228,7 @@ class GetNodeInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("version", "default_chunk_size", "max_chunk_size", "max_object_size", "session_ttl_ms", "checksums", "workers", "worker_id", "stream_idle_timeout_ms", "max_sessions", "max_sessions_per_client", "disk_reserve_bytes", "rate_limit_requests", "rate_limit_bytes", "auth_required", "max_streams_per_client", "max_streams_per_connection", "download_stall_timeout_ms", "node_name", "catalog_backend")
+    __slots__ = ("version", "default_chunk_size", "max_chunk_size", "max_object_size", "session_ttl_ms", "checksums", "workers", "worker_id", "stream_idle_timeout_ms", "max_sessions", "max_sessions_per_client", "disk_reserve_bytes", "rate_limit_requests", "rate_limit_bytes", "auth_required", "max_streams_per_client", "max_streams_per_connection", "download_stall_timeout_ms", "node_name", "catalog_backend", "http_port")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -249,6 +249,7 @@ class NodeInfo(_message.Message):
     DOWNLOAD_STALL_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     CATALOG_BACKEND_FIELD_NUMBER: _ClassVar[int]
+    HTTP_PORT_FIELD_NUMBER: _ClassVar[int]
     version: str
     default_chunk_size: int
     max_chunk_size: int
@@ -269,4 +270,27 @@ class NodeInfo(_message.Message):
     download_stall_timeout_ms: int
     node_name: str
     catalog_backend: str
-    def __init__(self, version: _Optional[str] = ..., default_chunk_size: _Optional[int] = ..., max_chunk_size: _Optional[int] = ..., max_object_size: _Optional[int] = ..., session_ttl_ms: _Optional[int] = ..., checksums: _Optional[_Iterable[str]] = ..., workers: _Optional[int] = ..., worker_id: _Optional[int] = ..., stream_idle_timeout_ms: _Optional[int] = ..., max_sessions: _Optional[int] = ..., max_sessions_per_client: _Optional[int] = ..., disk_reserve_bytes: _Optional[int] = ..., rate_limit_requests: _Optional[float] = ..., rate_limit_bytes: _Optional[int] = ..., auth_required: _Optional[bool] = ..., max_streams_per_client: _Optional[int] = ..., max_streams_per_connection: _Optional[int] = ..., download_stall_timeout_ms: _Optional[int] = ..., node_name: _Optional[str] = ..., catalog_backend: _Optional[str] = ...) -> None: ...
+    http_port: int
+    def __init__(self, version: _Optional[str] = ..., default_chunk_size: _Optional[int] = ..., max_chunk_size: _Optional[int] = ..., max_object_size: _Optional[int] = ..., session_ttl_ms: _Optional[int] = ..., checksums: _Optional[_Iterable[str]] = ..., workers: _Optional[int] = ..., worker_id: _Optional[int] = ..., stream_idle_timeout_ms: _Optional[int] = ..., max_sessions: _Optional[int] = ..., max_sessions_per_client: _Optional[int] = ..., disk_reserve_bytes: _Optional[int] = ..., rate_limit_requests: _Optional[float] = ..., rate_limit_bytes: _Optional[int] = ..., auth_required: _Optional[bool] = ..., max_streams_per_client: _Optional[int] = ..., max_streams_per_connection: _Optional[int] = ..., download_stall_timeout_ms: _Optional[int] = ..., node_name: _Optional[str] = ..., catalog_backend: _Optional[str] = ..., http_port: _Optional[int] = ...) -> None: ...
+
+class SignDownloadUrlRequest(_message.Message):
+    __slots__ = ("object_id", "expires_in_seconds", "generation")
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    object_id: str
+    expires_in_seconds: int
+    generation: str
+    def __init__(self, object_id: _Optional[str] = ..., expires_in_seconds: _Optional[int] = ..., generation: _Optional[str] = ...) -> None: ...
+
+class SignedDownloadUrl(_message.Message):
+    __slots__ = ("path", "http_port", "expires_at_unix_ms", "generation")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    HTTP_PORT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    http_port: int
+    expires_at_unix_ms: int
+    generation: str
+    def __init__(self, path: _Optional[str] = ..., http_port: _Optional[int] = ..., expires_at_unix_ms: _Optional[int] = ..., generation: _Optional[str] = ...) -> None: ...

@@ -84,6 +84,11 @@ class ObjectStorageStub:
                 request_serializer=oss_dot_v1_dot_oss__pb2.GetNodeInfoRequest.SerializeToString,
                 response_deserializer=oss_dot_v1_dot_oss__pb2.NodeInfo.FromString,
                 _registered_method=True)
+        self.SignDownloadUrl = channel.unary_unary(
+                '/oss.v1.ObjectStorage/SignDownloadUrl',
+                request_serializer=oss_dot_v1_dot_oss__pb2.SignDownloadUrlRequest.SerializeToString,
+                response_deserializer=oss_dot_v1_dot_oss__pb2.SignedDownloadUrl.FromString,
+                _registered_method=True)
 
 
 class ObjectStorageServicer:
@@ -149,6 +154,13 @@ class ObjectStorageServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SignDownloadUrl(self, request, context):
+        """Added for the HTTP face (API.md, "HTTP"): a URL that downloads one object with no header.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ObjectStorageServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -201,6 +213,11 @@ def add_ObjectStorageServicer_to_server(servicer, server):
                     servicer.GetNodeInfo,
                     request_deserializer=oss_dot_v1_dot_oss__pb2.GetNodeInfoRequest.FromString,
                     response_serializer=oss_dot_v1_dot_oss__pb2.NodeInfo.SerializeToString,
+            ),
+            'SignDownloadUrl': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignDownloadUrl,
+                    request_deserializer=oss_dot_v1_dot_oss__pb2.SignDownloadUrlRequest.FromString,
+                    response_serializer=oss_dot_v1_dot_oss__pb2.SignedDownloadUrl.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -473,6 +490,33 @@ class ObjectStorage:
             '/oss.v1.ObjectStorage/GetNodeInfo',
             oss_dot_v1_dot_oss__pb2.GetNodeInfoRequest.SerializeToString,
             oss_dot_v1_dot_oss__pb2.NodeInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignDownloadUrl(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oss.v1.ObjectStorage/SignDownloadUrl',
+            oss_dot_v1_dot_oss__pb2.SignDownloadUrlRequest.SerializeToString,
+            oss_dot_v1_dot_oss__pb2.SignedDownloadUrl.FromString,
             options,
             channel_credentials,
             insecure,

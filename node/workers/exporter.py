@@ -39,6 +39,8 @@ class NodeCollector:
             ("received_bytes", "Bytes of object data received in Upload streams."),
             ("sent_bytes", "Bytes of object data sent in Download streams."),
             ("objects_committed", "Objects committed."),
+            ("http_sent_bytes", "Bytes of object data sent by the HTTP port."),
+            ("http_received_bytes", "Bytes of object data received by the HTTP port (tus)."),
         )
         for name, doc in simple:
             family = CounterMetricFamily(f"{PREFIX}_{name}", doc)
@@ -52,6 +54,11 @@ class NodeCollector:
         for event in ("created", "committed", "aborted", "expired"):
             sessions.add_metric([event], self._sum(f"sessions_{event}"))
         yield sessions
+        http = CounterMetricFamily(f"{PREFIX}_http_requests", "HTTP requests answered, by status class.",
+                                   labels=["status"])
+        for status in ("2xx", "3xx", "4xx", "5xx"):
+            http.add_metric([status], self._sum(f"http_requests_{status}"))
+        yield http
         errors = CounterMetricFamily(f"{PREFIX}_errors", "Calls that ended with an error, by status code.",
                                      labels=["code"])
         for code in STATUS_CODES:
@@ -69,6 +76,7 @@ class NodeCollector:
             "chunk_write_seconds": "Time to verify, write and hash one upload chunk.",
             "commit_seconds": "Time to commit an object (fsync, rename, catalog, index).",
             "download_first_byte_seconds": "Time from a Download request to its first message.",
+            "http_request_seconds": "Time to answer an HTTP request (a download: until its last byte).",
         }
         for name, bounds in HISTOGRAMS.items():
             counts = [0.0] * (len(bounds) + 1)

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
 from node import datadir
+from node.http import signing
 from node.catalog import open_backend
 from node.config import Settings, split_host_port
 from node.errors import CatalogUnavailable
@@ -45,6 +46,8 @@ from node.workers.worker import worker_main
 log = logging.getLogger("mini_oss.supervisor")
 
 READY_LINE = "mini-oss gRPC server started at :{port}"
+#: Printed just before READY_LINE, once every worker serves HTTP too (API.md, "HTTP").
+HTTP_READY_LINE = "mini-oss HTTP server started at :{port}"
 TICK_SECONDS = 0.2
 HEARTBEAT_TIMEOUT = 20.0
 BOOT_TIMEOUT = 60.0
@@ -80,9 +83,20 @@ class WorkerHandle:
 
 
 def reserve_port(listen: str) -> socket.socket:
-    """Bind (without listening) the node's address with SO_REUSEPORT; keeps port 0 stable."""
+    """Bind (without listening) the node's address with SO_REUSEPORT; keeps port 0 stable.
+
+    A fixed port is first bound *without* SO_REUSEPORT: if any other process holds it (even
+    another node, whose sockets allow reuse), that fails, and this node refuses to start
+    rather than silently share the port's connections with a stranger."""
     host, port = split_host_port(listen)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if port:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise OSError(exc.errno, f"{listen} is in use by another process") from None
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -99,6 +113,7 @@ class Supervisor:
         self.signals: collections.deque[int] = collections.deque()
         self.metrics: MetricsBlock | None = None
         self.port = 0
+        self.http_port = 0
         self.announced = False
         self.draining = False
         self.lock: datadir.DataDirLock | None = None
@@ -118,7 +133,7 @@ class Supervisor:
         self._install_signals()
         raise_fd_limit()
         backend = open_backend(self.settings)
-        reservation = None
+        reservation = http_reservation = None
         try:
             # One node per data directory on SQLite; on a shared catalog, nodes share it.
             self.lock = datadir.acquire(self.settings.data_dir, f"mini-oss serve --listen "
@@ -127,14 +142,21 @@ class Supervisor:
             reservation = reserve_port(self.settings.listen)
             self.port = reservation.getsockname()[1]
             self.settings = _with_port(self.settings, self.port)
+            if self.settings.http_listen:
+                http_reservation = reserve_port(self.settings.http_listen)
+                self.http_port = http_reservation.getsockname()[1]
+                self.settings = _with_port(self.settings, self.http_port, "http_listen")
+            # The URL signing key exists before any worker reads it (node.http.signing).
+            signing.load_or_create_key(self.settings.data_dir, self.settings.url_signing_key_file)
             log.info("node %s, %s", self.settings.node_name, backend.describe())
             report = prepare_data_dir(self.settings)
-        except (OSError, datadir.DataDirError, CatalogUnavailable) as exc:
+        except (OSError, datadir.DataDirError, CatalogUnavailable, signing.KeyFileError) as exc:
             print(f"mini-oss: error: cannot start: {exc}", file=sys.stderr, flush=True)
             if self.lock is not None:
                 self.lock.release()
-            if reservation is not None:
-                reservation.close()
+            for held in (reservation, http_reservation):
+                if held is not None:
+                    held.close()
             return 1
         if any(report.values()):
             log.info("recovery: %s", report)
@@ -152,6 +174,8 @@ class Supervisor:
             return 1
         finally:
             reservation.close()
+            if http_reservation is not None:
+                http_reservation.close()
             if exporter is not None:
                 exporter.shutdown()
             self.metrics.close(unlink=True)
@@ -201,6 +225,8 @@ class Supervisor:
             if not self.draining:
                 self._watch()
                 if not self.announced and all(h.ready for h in self.workers):
+                    if self.settings.http_listen:
+                        print(HTTP_READY_LINE.format(port=self.http_port), flush=True)
                     print(READY_LINE.format(port=self.port), flush=True)
                     self.announced = True
 
@@ -309,13 +335,16 @@ class Supervisor:
                 if h.process is not None and h.process.is_alive()}
 
 
-def _with_port(settings: Settings, port: int) -> Settings:
+def _with_port(settings: Settings, port: int, field: str = "listen") -> Settings:
+    """The settings with the bound port in `field` (and, for gRPC, the default node name)."""
     import dataclasses
 
-    host, _ = split_host_port(settings.listen)
+    host, _ = split_host_port(getattr(settings, field))
     host = f"[{host}]" if ":" in host else host
-    name = settings.node_name or f"{socket.gethostname()}:{port}"
-    return dataclasses.replace(settings, listen=f"{host}:{port}", node_name=name)
+    changes = {field: f"{host}:{port}"}
+    if field == "listen":
+        changes["node_name"] = settings.node_name or f"{socket.gethostname()}:{port}"
+    return dataclasses.replace(settings, **changes)
 
 
 def run(settings: Settings) -> int:

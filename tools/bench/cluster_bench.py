@@ -87,7 +87,7 @@ def _setup(name: str, admin_url: str):
     nodes: list[targets.Target] = []
     try:
         for i in range(shape[0]):
-            command = [sys.executable, "-m", "node", "serve", "--listen", "127.0.0.1:0",
+            command = [sys.executable, "-m", "node", "serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
                        "--data-dir", data_dir, "--metrics-listen", "", "--workers", str(shape[1]),
                        *catalog]
             target = targets.Target(f"node{i}", command, None, log_dir)

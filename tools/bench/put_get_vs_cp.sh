@@ -18,7 +18,7 @@ rm -rf data out.bin cp.bin node.log cache
 export XDG_CACHE_HOME=$PWD/cache
 head -c $((size_mib * 1024 * 1024)) /dev/urandom > big.bin
 sync
-mini-oss serve --listen 127.0.0.1:0 --data-dir data --metrics-listen '' --workers 2 > node.log 2>&1 &
+mini-oss serve --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --data-dir data --metrics-listen '' --workers 2 > node.log 2>&1 &
 node=$!
 trap 'kill -TERM $node 2>/dev/null || true' EXIT
 until grep -q "started at" node.log; do sleep 0.1; done

@@ -124,7 +124,7 @@ def spawn_node(workers: int, data_root: str = "", log_dir: str | None = None,
     commit) to measure instead of this checkout's. `env`: extra environment (e.g. malloc tuning)."""
     data_dir = tempfile.mkdtemp(prefix="mini-oss-bench-", dir=data_root or None)
     log_dir = log_dir or tempfile.mkdtemp(prefix="mini-oss-bench-logs-")
-    command = [sys.executable, "-m", "node", "serve", "--listen", "127.0.0.1:0",
+    command = [sys.executable, "-m", "node", "serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
                "--data-dir", data_dir, "--metrics-listen", "", "--workers", str(workers)]
     return Target("node", command + list(extra_args or []), data_dir, log_dir,
                   cwd=node_root or None, env=env).start()
