@@ -98,11 +98,11 @@ class Face:
 
     async def _serve(self) -> None:
         app = self.build_app()
-        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                    shutdown_timeout=self.settings.grace)
         await self.runner.setup()
         sock = self._socket()
-        site = web.SockSite(self.runner, sock, shutdown_timeout=self.settings.grace,
-                            ssl_context=self._ssl_context(), backlog=BACKLOG)
+        site = web.SockSite(self.runner, sock, ssl_context=self._ssl_context(), backlog=BACKLOG)
         await site.start()
         self.port = sock.getsockname()[1]
 
@@ -140,9 +140,9 @@ class Face:
 
     async def _close(self, grace: float) -> None:
         assert self.runner is not None
-        # Running handlers get the grace (the sites' shutdown_timeout), then are cancelled.
-        for site in list(self.runner.sites):
-            site._shutdown_timeout = grace  # noqa: SLF001 - aiohttp has no setter for it
+        # Running handlers get the grace (the runner's shutdown timeout), then are cancelled;
+        # a worker orphaned by its supervisor drains with none.
+        self.runner._shutdown_timeout = grace  # noqa: SLF001 - aiohttp has no setter for it
         await self.runner.cleanup()
 
     # -- the application ------------------------------------------------------------------------
@@ -151,6 +151,7 @@ class Face:
         from node.http import downloads, tus
 
         app = web.Application(client_max_size=MAX_BODY, middlewares=[self._middleware])
+        app.on_response_prepare.append(self._on_prepare)
         downloads.add_routes(app, self)
         tus.add_routes(app, self)
         return app
@@ -175,10 +176,14 @@ class Face:
         except Exception:  # a bug of ours: 500, never the client's fault
             log.exception("HTTP %s %s failed", request.method, request.path)
             response = error_response(OssError("an internal error"))
-        if origin is not None and not response.prepared:
-            self._cors(origin, response)
         self._count(response.status, time.monotonic() - started)
         return response
+
+    async def _on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Just before any response's headers go out (a download sends them itself)."""
+        origin = request.headers.get("Origin")
+        if origin is not None:
+            self._cors(origin, response)
 
     def _cors(self, origin: str, response: web.StreamResponse) -> None:
         if "*" in self.origins or origin in self.origins:
