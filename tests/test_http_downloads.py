@@ -417,3 +417,33 @@ def test_the_node_still_serves_after_the_fuzzing(web_node, stored):
     data, _ = stored["plain"]
     assert request(web_node, "GET", "/v1/objects/plain")[2] == data
     assert web_node.proc.poll() is None
+
+
+# --- TLS and rate limits, as on gRPC ----------------------------------------------------------
+
+def test_tls_on_the_http_port_with_the_grpc_certificate(node_factory, tmp_path):
+    import ssl
+
+    from tests.test_security import self_signed
+    cert, key, _ = self_signed(tmp_path)
+    node = node_factory(workers=1, tls_cert=cert, tls_key=key)
+    with Client(node.addr, tls_ca=cert) as client:
+        client.upload(io.BytesIO(b"over tls" * 1000), "secure")
+        url = client.sign_url("secure")
+    assert url.startswith(f"https://127.0.0.1:{node.http_port}/")
+    context = ssl.create_default_context(cafile=cert)
+    with urllib.request.urlopen(url, context=context, timeout=10) as response:
+        assert response.read() == b"over tls" * 1000  # (TLS encrypts in user space: no sendfile)
+    with pytest.raises(http.client.RemoteDisconnected):
+        request(node, "GET", "/v1/objects/secure")  # plaintext is not served on a TLS port
+
+
+def test_the_request_rate_limit_answers_429_with_retry_after(node_factory):
+    node = node_factory(workers=1, rate_limit_requests=1, rate_limit_burst=2)
+    with Client(node.addr) as client:
+        client.upload(io.BytesIO(b"limited"), "limited")
+    statuses = [request(node, "GET", "/v1/objects/limited") for _ in range(6)]
+    limited = [(s, h, b) for s, h, b in statuses if s == 429]
+    assert limited and all(s in (200, 429) for s, _, _ in statuses)
+    status, headers, body = limited[0]
+    assert json.loads(body)["reason"] == "RATE_LIMITED" and int(headers["retry-after"]) >= 1
