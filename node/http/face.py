@@ -214,12 +214,13 @@ class Face:
         peer = request.transport.get_extra_info("peername") if request.transport else None
         return f"ipv4:{peer[0]}" if peer else "unknown"
 
-    def authorize(self, request: web.Request, role: Role, object_id: str) -> str:
+    def authorize(self, request: web.Request, role: Role, object_id: str | None) -> str:
         """Check the request may act on `object_id` with `role`; returns the token's prefix
         ("" when unlimited). A signed URL (GET/HEAD only) needs no token; without a token file
-        the port is open, as gRPC is."""
+        the port is open, as gRPC is. `object_id=None`: a request naming an upload session
+        (tus), whose object id the store checks against the returned prefix (its `scope`)."""
         params = request.rel_url.query
-        if "signature" in params and request.method in ("GET", "HEAD"):
+        if "signature" in params and request.method in ("GET", "HEAD") and object_id is not None:
             why = signing.check(self.key, request.method, object_id, params, time.time())
             if why is not None:
                 raise Forbidden(why)
@@ -239,7 +240,7 @@ class Face:
         if not grant.allows(role):
             raise Forbidden(f"this needs a {role} token; this one is {grant.role}",
                             required_role=str(role))
-        if not grant.covers(object_id):
+        if object_id is not None and not grant.covers(object_id):
             raise Forbidden(f"this token is limited to object ids starting with {grant.prefix!r}",
                             prefix=grant.prefix)
         return grant.prefix
