@@ -37,12 +37,13 @@ from tests.contract import wait_until
 KiB = 1024
 MiB = 1024 * KiB
 CURL = shutil.which("curl")
+HTTP = "127.0.0.1:0"  # test nodes serve no HTTP unless asked (conftest)
 
 
 @pytest.fixture(scope="module")
 def web_node(tmp_path_factory):
     node = RunningNode(tmp_path_factory.mktemp("web"),
-                       {"workers": 1, "metrics_listen": "127.0.0.1:0",
+                       {"workers": 1, "metrics_listen": "127.0.0.1:0", "http_listen": HTTP,
                         "http_cors_origins": "https://app.example"})
     node.start()
     yield node
@@ -244,7 +245,7 @@ def test_an_overwrite_during_a_long_get_does_not_change_its_bytes(web_node):
 
 
 def test_drain_lets_a_running_get_finish_and_refuses_new_requests(node_factory):
-    node = node_factory(workers=1, grace=20)
+    node = node_factory(workers=1, grace=20, http_listen=HTTP)
     data = os.urandom(16 * MiB)
     with Client(node.addr) as client:
         client.upload(io.BytesIO(data), "drained")
@@ -280,7 +281,7 @@ def auth_node(tmp_path_factory):
     tokens.write_text(TOKENS)
     tokens.chmod(0o600)
     node = RunningNode(tmp_path_factory.mktemp("web-auth"),
-                       {"workers": 1, "auth_token_file": tokens})
+                       {"workers": 1, "auth_token_file": tokens, "http_listen": HTTP})
     node.start()
     with Client(node.addr, token="writer-token-0123456789") as client:
         for object_id in ("secret", "tenant-a-doc", "other"):
@@ -426,7 +427,7 @@ def test_tls_on_the_http_port_with_the_grpc_certificate(node_factory, tmp_path):
 
     from tests.test_security import self_signed
     cert, key, _ = self_signed(tmp_path)
-    node = node_factory(workers=1, tls_cert=cert, tls_key=key)
+    node = node_factory(workers=1, tls_cert=cert, tls_key=key, http_listen=HTTP)
     with Client(node.addr, tls_ca=cert) as client:
         client.upload(io.BytesIO(b"over tls" * 1000), "secure")
         url = client.sign_url("secure")
@@ -439,7 +440,7 @@ def test_tls_on_the_http_port_with_the_grpc_certificate(node_factory, tmp_path):
 
 
 def test_the_request_rate_limit_answers_429_with_retry_after(node_factory):
-    node = node_factory(workers=1, rate_limit_requests=1, rate_limit_burst=2)
+    node = node_factory(workers=1, rate_limit_requests=1, rate_limit_burst=2, http_listen=HTTP)
     with Client(node.addr) as client:
         client.upload(io.BytesIO(b"limited"), "limited")
     statuses = [request(node, "GET", "/v1/objects/limited") for _ in range(6)]

@@ -109,7 +109,7 @@ def test_object_id_comes_from_object_id_or_a_valid_filename():
 def tus_node(tmp_path_factory):
     node = RunningNode(tmp_path_factory.mktemp("tus"), {
         "workers": 1, "metrics_listen": "127.0.0.1:0", "max_object_size": MAX_OBJECT,
-        "default_chunk_size": "64K", "http_cors_origins": ORIGIN})
+        "default_chunk_size": "64K", "http_cors_origins": ORIGIN, "http_listen": "127.0.0.1:0"})
     node.start()
     yield node
     # Nothing a client sent here was a bug of the node's: no 500, no logged traceback.
@@ -495,7 +495,8 @@ def auth_node(tmp_path_factory):
     tokens = root / "tokens.txt"
     tokens.write_text(f"{READER} read\n{WRITER} write\n{TEAM_A} write team-a-\n")
     tokens.chmod(0o600)
-    node = RunningNode(root / "data", {"workers": 1, "auth_token_file": str(tokens)})
+    node = RunningNode(root / "data", {"workers": 1, "auth_token_file": str(tokens),
+                                       "http_listen": "127.0.0.1:0"})
     node.start()
     yield node
     node.stop()

@@ -81,7 +81,7 @@ def parse_metadata(header: str | None) -> dict[str, str]:
             raise InvalidArgument(f"Upload-Metadata names {key!r} twice", field="Upload-Metadata")
         try:
             out[key] = base64.b64decode(value, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+        except (binascii.Error, ValueError):  # (ValueError: non-ASCII text; UnicodeDecodeError)
             raise InvalidArgument(f"Upload-Metadata value of {key!r} is not base64 of UTF-8",
                                   field="Upload-Metadata") from None
     return out
