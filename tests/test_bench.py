@@ -113,7 +113,7 @@ def test_http_compare_end_to_end(tmp_path):
     ratios = data["ratios"]
     assert ratios["http_per_grpc_download"] > 0 and ratios["http_per_bare_sendfile"] > 0
     assert {"tus_per_grpc_upload", "tus_per_bare_sink"} <= set(ratios)
-    assert "http_per_grpc_download:" in proc.stdout      # the summary names every ratio
+    assert "- http_per_grpc_download:" in proc.stdout      # the summary names every ratio
     if trace:
         assert data["strace"]["command"].startswith("strace -f")
         assert {"calls", "bytes", "errors", "client_bytes"} <= set(data["strace"])

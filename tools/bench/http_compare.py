@@ -34,6 +34,9 @@ from tools.bench.http_runner import run_phase
 from tools.bench.workload import download_object_id
 
 MiB, GB = 1024 ** 2, 1e9
+#: Run order, also the table's (a JSON file has its keys sorted).
+PHASES = ("bare sendfile GET", "bare tus sink", "node HTTP GET", "node gRPC download", "node tus upload",
+          "node gRPC upload")
 TARGETS = {"http_per_grpc_download": 3.0, "http_per_bare_sendfile": 0.6, "tus_per_grpc_upload": 0.8}
 
 
@@ -184,7 +187,8 @@ def table(data: dict) -> str:
     rows = ["| phase | MB/s | p50 | p99 | errors | server cores | server CPU-s/GB (user+sys) | "
             "RSS peak per worker, MiB | client cores | client CPU-s/GB | streams per worker |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for name, r in data["reports"].items():
+    order = list(PHASES)
+    for name, r in sorted(data["reports"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99):
         node, client = r["node"], r["client"]
         users = sum(w.get("user_seconds", 0) for w in node["workers"])
         systems = sum(w.get("system_seconds", 0) for w in node["workers"])
@@ -204,7 +208,7 @@ def table(data: dict) -> str:
     for key, value in data["ratios"].items():
         goal = TARGETS.get(key)
         verdict = "" if value is None or goal is None else (" (target >= %.1f: %s)" % (goal, "met" if value >= goal else "NOT met"))
-        out.append(f"{key}: {'-' if value is None else f'{value:.2f}'}{verdict}")
+        out.append(f"- {key}: {'-' if value is None else f'{value:.2f}'}{verdict}")
     return "\n".join(out)
 
 
