@@ -8,12 +8,14 @@ tools/bench/RESULTS.md, not for tests.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
 import pytest
 
-from tools.bench.targets import spawn_bare
+from tools.bench import strace_probe
+from tools.bench.targets import spawn_bare, spawn_bare_sendfile
 
 COMMON = ["--concurrency", "4", "--file_size", "1MiB", "--chunk-size", "256KiB", "--processes", "2",
           "--channels", "4"]
@@ -74,3 +76,71 @@ def test_download_and_upload_against_the_bare_server(tmp_path):
         assert len(down["node"]["workers"]) == 2  # found by the port it listens on
         up = run_bench("upload_bench", bare.addr, tmp_path, "--count", "1")
         check_common(up, 4, 1 << 20)
+
+
+# -- HTTP: the bare sendfile ceiling, node HTTP GET vs gRPC, tus (tools.bench.http_compare) ------
+
+HTTP_PHASES = {"bare sendfile GET", "bare tus sink", "node HTTP GET", "node gRPC download",
+               "node gRPC upload"}
+
+
+@pytest.mark.timeout(150)
+def test_http_compare_end_to_end(tmp_path):
+    out = tmp_path / "http.json"
+    trace = ["--strace", "--strace-seconds", "1"] if shutil.which("strace") else []
+    proc = subprocess.run([sys.executable, "-m", "tools.bench.http_compare", "--spawn-node",
+                           "--workers", "2", *COMMON, "--count", "2", "--objects", "2",
+                           "--data-root", str(tmp_path), *trace, "--json", str(out)],
+                          capture_output=True, text=True, timeout=140)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "shares this machine's" in proc.stdout
+    data = json.loads(out.read_text())
+    reports = data["reports"]
+    assert HTTP_PHASES <= set(reports)
+    # tus on the node: measured once the node serves it, else a reason why not.
+    assert "node tus upload" in reports or "node tus upload" in data["notes"]
+    for name, report in reports.items():
+        assert FIELDS <= set(report), name
+        assert report["errors"] == {}, name
+        check_common(report, 8, 1 << 20)
+        node = report["node"]
+        assert len(node["workers"]) == 2, name           # CPU and RSS per worker
+        assert all(w["rss_peak_bytes"] > 0 and "system_seconds" in w for w in node["workers"])
+        assert node["cpu_seconds_per_gb"] is not None
+    http = reports["node HTTP GET"]
+    assert http["protocol"] == "http" and http["first_byte_s"]["p50"] is not None
+    assert "unknown" not in http["landing"]["streams_per_worker"]   # every connection mapped
+    ratios = data["ratios"]
+    assert ratios["http_per_grpc_download"] > 0 and ratios["http_per_bare_sendfile"] > 0
+    assert {"tus_per_grpc_upload", "tus_per_bare_sink"} <= set(ratios)
+    assert "- http_per_grpc_download:" in proc.stdout      # the summary names every ratio
+    if trace:
+        assert data["strace"]["command"].startswith("strace -f")
+        assert {"calls", "bytes", "errors", "client_bytes"} <= set(data["strace"])
+
+
+@pytest.mark.timeout(60)
+def test_http_bench_get_and_tus_against_the_bare_sendfile_server(tmp_path):
+    with spawn_bare_sendfile(2, 1 << 20, str(tmp_path), log_dir=str(tmp_path)) as bare:
+        for mode, extra in (("get", ["--path", "/a", "--path", "/b"]), ("tus", ["--file_size", "1MiB"])):
+            out = tmp_path / f"{mode}.json"
+            proc = subprocess.run([sys.executable, "-m", "tools.bench.http_bench", "--http",
+                                   f"127.0.0.1:{bare.http_port}", "--mode", mode, "--concurrency", "4",
+                                   "--count", "2", *extra, "--json", str(out)],
+                                  capture_output=True, text=True, timeout=50)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            report = json.loads(out.read_text())
+            assert FIELDS <= set(report) and report["errors"] == {}
+            assert report["objects"] == 8 and report["bytes"] == 8 << 20
+            assert len(report["node"]["workers"]) == 2
+
+
+def test_strace_output_is_parsed():
+    text = ("8014  sendfile(10, 9, [0] => [4291584], 67108864) = 4291584\n"
+            "8014  sendfile(10, 9, [4291584], 62817280) = -1 EAGAIN (Resource temporarily unavailable)\n"
+            "8015  sendfile(11, 9, [0] => [100], 100) = 100\n"
+            "% time     seconds  usecs/call     calls    errors syscall\n"
+            "100.00    0.002933          41         3         1 sendfile\n")
+    got = strace_probe.parse(text)
+    assert (got["calls"], got["errors"], got["bytes"]) == (3, 1, 4291684)
+    assert got["errnos"] == {"EAGAIN": 1} and got["summary"].startswith("% time")

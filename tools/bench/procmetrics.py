@@ -92,6 +92,8 @@ class WorkerUsage:
     label: str
     cpu_start: float = 0.0
     cpu_end: float = 0.0
+    times_start: tuple[float, float] = (0.0, 0.0)   # (user, system): where the CPU went
+    times_end: tuple[float, float] = (0.0, 0.0)
     rss_peak: int = 0
     rss_last: int = 0
 
@@ -115,6 +117,7 @@ class Sampler:
         self.machine_start = psutil.cpu_times()
         for proc, use in zip(self.node.workers, self.usage):
             use.cpu_start = self._cpu(proc)
+            use.times_start = self._times(proc)
         self._sample()
         self._thread = threading.Thread(target=self._run, name="bench-sampler", daemon=True)
         self._thread.start()
@@ -126,6 +129,7 @@ class Sampler:
         self._sample()
         for proc, use in zip(self.node.workers, self.usage):
             use.cpu_end = self._cpu(proc)
+            use.times_end = self._times(proc)
         self.machine_end = psutil.cpu_times()
         self.wall_end = time.monotonic()
 
@@ -135,6 +139,14 @@ class Sampler:
             return cpu_seconds(proc)
         except psutil.Error:
             return 0.0
+
+    @staticmethod
+    def _times(proc: psutil.Process) -> tuple[float, float]:
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:
+            return (0.0, 0.0)
+        return (t.user, t.system)
 
     def _run(self) -> None:
         while not self._stop.wait(SAMPLE_SECONDS):
@@ -162,6 +174,8 @@ class Sampler:
             "supervisor_pid": self.node.supervisor.pid if self.node.supervisor else None,
             "cpu_seconds": sum(u.cpu_end - u.cpu_start for u in self.usage) if self.usage else None,
             "workers": [{"pid": u.pid, "label": u.label, "cpu_seconds": u.cpu_end - u.cpu_start,
+                         "user_seconds": u.times_end[0] - u.times_start[0],
+                         "system_seconds": u.times_end[1] - u.times_start[1],
                          "rss_peak_bytes": u.rss_peak, "rss_last_bytes": u.rss_last} for u in self.usage],
             "machine_busy_fraction": busy,
             "machine_cores": psutil.cpu_count(),

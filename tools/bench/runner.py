@@ -212,19 +212,8 @@ def run_bench(cfg: BenchConfig, *, node_pid: int | None = None, labels: dict[int
             procs.append(proc)
     collected: dict[int, ProcessResult] = {}
     sampler = procmetrics.Sampler(node, labels or {})
-    try:
-        _wait_ready(cfg, ready, procs, results, collected)
-        sampler.start()
-        go.set()
-        _collect(procs, results, collected)
-    finally:
-        go.set()
-        if sampler.wall_start:
-            sampler.stop()
-        for proc in procs:
-            proc.join(10)
-            if proc.is_alive():
-                proc.kill()
+    timed_phase(procs, sampler, go, results, collected,
+                lambda: _wait_ready(cfg, ready, procs, results, collected))
     ordered = [collected[p] for p in sorted(collected)]
     report = stats.aggregate(cfg, ordered, sampler.report(), target, machine)
     if cfg.mode == "upload" and not cfg.keep and target["kind"] == "node":
@@ -236,6 +225,26 @@ def run_bench(cfg: BenchConfig, *, node_pid: int | None = None, labels: dict[int
         with open(cfg.json_path, "w") as fh:
             json.dump(report, fh, indent=2, sort_keys=True)
     return report
+
+
+def timed_phase(procs, sampler: procmetrics.Sampler, go, results, collected: dict[int, ProcessResult],
+                wait_ready) -> None:
+    """`wait_ready()` (every client prepared), then the sampler and "go" together, then collect
+    every result. Whatever happens, the sampler stops and no client process outlives it.
+    (Shared with the HTTP runner.)"""
+    try:
+        wait_ready()
+        sampler.start()
+        go.set()
+        _collect(procs, results, collected)
+    finally:
+        go.set()
+        if sampler.wall_start:
+            sampler.stop()
+        for proc in procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
 
 
 def _body(report: dict, cfg: BenchConfig) -> str:

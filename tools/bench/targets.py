@@ -4,7 +4,9 @@ Why: the node-to-ceiling ratio is only meaningful when both servers ran in the s
 on the same machine state, with the same worker count, so `--spawn-node` / `--spawn-bare` (and
 `compare`) start them here. Both print `mini-oss gRPC server started at :PORT` when every
 worker serves; stderr goes to a log file (the supervisor logs `worker N started (pid P)`, which
-maps worker pids to worker ids). A target is stopped by its own pid: SIGTERM, wait, then SIGKILL
+maps worker pids to worker ids). The node prints `mini-oss HTTP server started at :PORT` first
+(kept as `http_port`); the bare sendfile server prints only that line, so it is its ready line.
+A target is stopped by its own pid: SIGTERM, wait, then SIGKILL
 of its process group (it is started in a session of its own). A spawned node's data dir is
 deleted when it stops.
 """
@@ -23,6 +25,8 @@ import threading
 import time
 
 READY = re.compile(r"mini-oss gRPC server started at :(\d+)")
+#: The node prints this just before READY; the bare sendfile server prints only this line.
+HTTP_READY = re.compile(r"mini-oss HTTP server started at :(\d+)")
 WORKER = re.compile(r"worker (\d+) started \(pid (\d+)\)")
 START_TIMEOUT = 60.0
 
@@ -31,8 +35,10 @@ class Target:
     """A server process we started, and what the bench needs to know about it."""
 
     def __init__(self, kind: str, command: list[str], data_dir: str | None, log_dir: str,
-                 cwd: str | None = None, env: dict[str, str] | None = None) -> None:
+                 cwd: str | None = None, env: dict[str, str] | None = None,
+                 ready: re.Pattern = READY) -> None:
         self.kind = kind
+        self.ready = ready
         self.env = env or {}
         self.cwd = cwd or _repo_root()
         self.command = command
@@ -41,6 +47,7 @@ class Target:
         self.log_path = os.path.join(log_dir, f"{kind}.log")
         self.proc: subprocess.Popen | None = None
         self.port = 0
+        self.http_port = 0   # from the HTTP ready line, when the target prints one
 
     @property
     def addr(self) -> str:
@@ -74,7 +81,10 @@ class Target:
                 continue
             if line is None:
                 break
-            match = READY.search(line)
+            http = HTTP_READY.search(line)
+            if http:
+                self.http_port = int(http.group(1))
+            match = self.ready.search(line)
             if match:
                 self.port = int(match.group(1))
                 return self
@@ -137,3 +147,15 @@ def spawn_bare(workers: int, object_size: int, chunk_size: int, log_dir: str | N
                "--workers", str(workers), "--object-size", str(object_size),
                "--chunk-size", str(chunk_size)]
     return Target("bare", command, None, log_dir).start()
+
+
+def spawn_bare_sendfile(workers: int, object_size: int, data_root: str = "",
+                        log_dir: str | None = None) -> Target:
+    """The bare sendfile HTTP server (tools.bench.bare_sendfile): `workers` processes serving
+    one temp file of `object_size` bytes (made under `data_root`, deleted when it stops)."""
+    log_dir = log_dir or tempfile.mkdtemp(prefix="mini-oss-bench-logs-")
+    command = [sys.executable, "-m", "tools.bench.bare_sendfile", "--listen", "127.0.0.1:0",
+               "--workers", str(workers), "--object-size", str(object_size)]
+    if data_root:
+        command += ["--data-root", data_root]
+    return Target("bare-sendfile", command, None, log_dir, ready=HTTP_READY).start()
