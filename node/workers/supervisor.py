@@ -225,9 +225,13 @@ class Supervisor:
             if not self.draining:
                 self._watch()
                 if not self.announced and all(h.ready for h in self.workers):
+                    lines = [READY_LINE.format(port=self.port)]
                     if self.settings.http_listen:
-                        print(HTTP_READY_LINE.format(port=self.http_port), flush=True)
-                    print(READY_LINE.format(port=self.port), flush=True)
+                        lines.insert(0, HTTP_READY_LINE.format(port=self.http_port))
+                    # One write: unbuffered (python -u), print() writes the text and its newline
+                    # apart, and a worker's log line on the same pipe could land in between.
+                    sys.stdout.write("".join(line + "\n" for line in lines))
+                    sys.stdout.flush()
                     self.announced = True
 
     def _read_messages(self) -> None:
