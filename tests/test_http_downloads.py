@@ -466,3 +466,32 @@ def test_the_signing_key_is_private_and_a_shared_key_file_serves_a_cluster(node_
     assert request(b, "GET", path)[2] == b"same everywhere"  # B checks A's signature
     status, _, body = request(own, "GET", path)  # a node with another key refuses it
     assert status == 403 and json.loads(body)["reason"] == "FORBIDDEN"
+
+
+def test_open_downloads_count_against_the_clients_stream_cap(node_factory):
+    node = node_factory(workers=1, max_streams_per_client=1, http_listen=HTTP)
+    data = os.urandom(16 * MiB)
+    with Client(node.addr) as client:
+        client.upload(io.BytesIO(data), "capped")
+    held = http.client.HTTPConnection("127.0.0.1", node.http_port, timeout=30)
+    held.request("GET", "/v1/objects/capped")
+    response = held.getresponse()
+    head = response.read(MiB)  # the first download is open, its client slow
+    status, headers, body = request(node, "GET", "/v1/objects/capped")
+    assert status == 429 and json.loads(body)["reason"] == "TOO_MANY_STREAMS"
+    assert headers["retry-after"] == "1"
+    assert head + response.read() == data  # the held one is unharmed
+    held.close()
+    assert request(node, "GET", "/v1/objects/capped")[2] == data  # and its place is free again
+
+
+def test_wget_continues_a_cut_download(web_node, stored, tmp_path):
+    data, _ = stored["plain"]
+    wget = shutil.which("wget")
+    assert wget, "wget is needed by this test (it is on every CI image we use)"
+    partial = tmp_path / "plain.bin"
+    partial.write_bytes(data[:99_999])
+    done = subprocess.run([wget, "-q", "-c", "-O", str(partial),
+                           f"{web_node.http_url}/v1/objects/plain"], capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert partial.read_bytes() == data

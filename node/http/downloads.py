@@ -38,11 +38,12 @@ async def serve_object(face, request: web.Request) -> web.StreamResponse:
     face.authorize(request, Role.READ, object_id)
     face.admit(request)
     pin = request.rel_url.query.get("generation", "")
-    reader = await face.run(face.store.open_download, object_id, 0, None, 0, pin)
-    try:
-        return await _answer(face, request, reader)
-    finally:
-        await face.run(reader.close)
+    with face.stream(request):
+        reader = await face.run(face.store.open_download, object_id, 0, None, 0, pin)
+        try:
+            return await _answer(face, request, reader)
+        finally:
+            await face.run(reader.close)
 
 
 async def _answer(face, request: web.Request, reader) -> web.StreamResponse:

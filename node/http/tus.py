@@ -205,6 +205,12 @@ class Tus:
         size = request.content_length
         if checksum is not None and size is not None and size > CHECKSUM_BODY_LIMIT:
             raise _too_big_to_verify()
+        with self.face.stream(request):
+            return await self._write_body(request, rec, scope, offset, checksum, size)
+
+    async def _write_body(self, request: web.Request, rec: SessionRecord, scope: str,
+                          offset: int, checksum: tus_rules.Checksum | None,
+                          size: int | None) -> SessionRecord:
         try:
             stream = await self.face.run(self.store.open_upload, rec.upload_id, scope)
         except SessionNotFound as err:  # it ended since we looked
