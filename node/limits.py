@@ -1,4 +1,4 @@
-"""Process limits: file descriptors.
+"""Process limits: file descriptors, and stream places per client.
 
 Why: every open stream holds files (an object being read, a part being written) and a socket,
 and the soft RLIMIT_NOFILE (often 1024) is far below what a busy worker needs; the hard limit
@@ -13,10 +13,12 @@ answers RESOURCE_EXHAUSTED/TOO_MANY_OPEN_FILES with a RetryInfo instead of INTER
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import resource
 import sqlite3
+from typing import Iterator
 
 FD_ERRNOS = (errno.EMFILE, errno.ENFILE)
 
@@ -71,3 +73,35 @@ def out_of_files(exc: BaseException) -> bool:
         current = current.__cause__ or current.__context__
         seen += 1
     return False
+
+
+class StreamPlaces:
+    """Open streams per client address in one worker, at most `cap` each (0: no cap).
+
+    A place is taken before a stream opens any file, so one client's streams (stalled ones
+    included) cannot take every descriptor and all the memory of the worker. The gRPC servicer
+    and the HTTP face each keep one (`max_streams_per_client`). One event loop uses it."""
+
+    def __init__(self, cap: int, what: str) -> None:
+        self.cap = cap
+        self.what = what
+        self.held: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def hold(self, client: str) -> Iterator[None]:
+        """One of the client's places for the block, or TooManyStreams."""
+        from node.errors import TooManyStreams
+
+        open_now = self.held.get(client, 0)
+        if self.cap and open_now >= self.cap:
+            raise TooManyStreams(f"this client has {open_now} {self.what} open on this worker, "
+                                 f"the most it may", max_streams_per_client=self.cap)
+        self.held[client] = open_now + 1
+        try:
+            yield
+        finally:
+            left = self.held[client] - 1
+            if left:
+                self.held[client] = left
+            else:
+                del self.held[client]

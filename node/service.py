@@ -9,11 +9,10 @@ loop keeps receiving other streams while one chunk is hashed and written.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Awaitable, Callable, Iterator, TypeVar
+from typing import Awaitable, Callable, TypeVar
 
 import grpc
 
@@ -21,9 +20,9 @@ from node import __version__
 from node.catalog import ObjectRecord, SessionRecord
 from node.config import split_host_port
 from node.errors import (Draining, GenerationMismatch, IdleTimeout, InvalidArgument, OssError,
-                         TooManyOpenFiles, TooManyStreams)
+                         TooManyOpenFiles)
 from node.http import signing
-from node.limits import out_of_files
+from node.limits import StreamPlaces, out_of_files
 from node.metrics import NullSlot
 from node.pb import oss_pb2, oss_pb2_grpc
 from node.scope import token_prefix
@@ -85,7 +84,8 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
         self.active_streams = 0
         #: Open Upload and Download streams per client address, in this worker (the cap is
         #: `max_streams_per_client`); a client with none has no entry.
-        self.client_streams: dict[str, int] = {}
+        self.client_streams = StreamPlaces(store.settings.max_streams_per_client,
+                                           "Upload/Download streams")
         #: The URL signing key (node.http.signing), read on first use.
         self.signing_key: bytes | None = None
         self._fd_warned_at = -1e9
@@ -100,27 +100,6 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
     def _stream_ended(self) -> None:
         self.active_streams -= 1
         self.metrics.set("active_streams", self.active_streams)
-
-    @contextlib.contextmanager
-    def _client_stream(self, client: str) -> Iterator[None]:
-        """Hold one of the client's stream places for the block, or raise TooManyStreams.
-
-        Taken before a stream opens any file, so one client's streams (stalled ones included)
-        cannot take every descriptor and all memory of the worker."""
-        cap = self.store.settings.max_streams_per_client
-        open_now = self.client_streams.get(client, 0)
-        if cap and open_now >= cap:
-            raise TooManyStreams(f"this client has {open_now} Upload/Download streams open on "
-                                 f"this worker, the most it may", max_streams_per_client=cap)
-        self.client_streams[client] = open_now + 1
-        try:
-            yield
-        finally:
-            left = self.client_streams[client] - 1
-            if left:
-                self.client_streams[client] = left
-            else:
-                del self.client_streams[client]
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -245,7 +224,7 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
                 raise InvalidArgument("the upload stream carried no message")
             if not first.upload_id:
                 raise InvalidArgument("the first message must carry upload_id")
-            with self._client_stream(client_of(context)):
+            with self.client_streams.hold(client_of(context)):
                 stream: UploadStream = await self._run(self.store.open_upload, upload_id,
                                                        token_prefix())
                 self._stream_started()
@@ -364,7 +343,7 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
         async def body():
             started = time.monotonic()
             end = request.end_offset if request.HasField("end_offset") else None
-            with self._client_stream(client_of(context)):
+            with self.client_streams.hold(client_of(context)):
                 reader = await self._run(self.store.open_download, request.object_id,
                                          request.start_offset, end, request.chunk_size,
                                          request.if_generation_match)

@@ -18,7 +18,6 @@ tus uploads under /v1/tus/ (node.http.tus), with the gRPC tokens or a signed URL
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import socket
@@ -26,15 +25,15 @@ import ssl
 import threading
 import time
 from concurrent.futures import Executor
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from aiohttp import web
 
 from node.auth import Role, TokenTable
 from node.config import Settings, split_host_port
-from node.errors import (Draining, Forbidden, InvalidToken, MissingToken, OssError,
-                         TooManyStreams)
+from node.errors import Draining, Forbidden, InvalidToken, MissingToken, OssError
 from node.http import rules, signing
+from node.limits import StreamPlaces
 
 log = logging.getLogger("mini_oss.http")
 
@@ -67,7 +66,7 @@ class Face:
         self.origins = {o.strip() for o in settings.http_cors_origins.split(",") if o.strip()}
         self.draining = False
         #: Download and upload bodies in flight per client address (max_streams_per_client).
-        self.client_streams: dict[str, int] = {}
+        self.client_streams = StreamPlaces(settings.max_streams_per_client, "HTTP transfers")
         self.loop: asyncio.AbstractEventLoop | None = None
         self.runner: web.AppRunner | None = None
         self.port = 0
@@ -249,25 +248,10 @@ class Face:
                             prefix=grant.prefix)
         return grant.prefix
 
-    @contextlib.contextmanager
-    def stream(self, request: web.Request) -> Iterator[None]:
-        """A body in flight (a download's, a tus upload's) counts against the client's
-        `max_streams_per_client` in this worker, as a gRPC stream does (with a tally of the
-        HTTP face's own): one client cannot pin the worker's descriptors and memory."""
-        client, cap = self.client(request), self.settings.max_streams_per_client
-        held = self.client_streams.get(client, 0)
-        if cap and held >= cap:
-            raise TooManyStreams(f"this client has {held} HTTP transfers open on this worker, "
-                                 f"the most it may", max_streams_per_client=cap)
-        self.client_streams[client] = held + 1
-        try:
-            yield
-        finally:
-            left = self.client_streams[client] - 1
-            if left:
-                self.client_streams[client] = left
-            else:
-                del self.client_streams[client]
+    def stream(self, request: web.Request):
+        """A body in flight (a download's, a tus upload's) holds one of the client's stream
+        places in this worker, as a gRPC stream does (node.limits.StreamPlaces)."""
+        return self.client_streams.hold(self.client(request))
 
     def admit(self, request: web.Request) -> None:
         if self.limiter is not None:
