@@ -331,7 +331,8 @@ class Store:
         Returns (claim, fresh record); (None, record) when the session turned out to have
         ended. Raises SessionBusy when another stream (in any process) holds it. Repairs what
         a crashed holder left: a part longer than its checkpoint is cut back; a part that a
-        crashed commit had already moved into objects/ is moved back.
+        crashed commit had already moved into objects/ is moved back. A part shorter than its
+        checkpoint lost durable bytes: that session is ended (ABORTED), never rewound.
         """
         for _ in range(OPEN_RETRIES):
             claim = self.storage.claim(self.storage.layout.part(self.part_name(rec)))
@@ -350,10 +351,15 @@ class Store:
             if size > fresh.uploaded_offset:
                 claim.truncate(fresh.uploaded_offset)
             elif size < fresh.uploaded_offset:
-                log.error("part of %s holds %d bytes, checkpoint says %d: resuming from %d",
-                          fresh.upload_id, size, fresh.uploaded_offset, size)
-                self.catalog.reset_session_offset(fresh.upload_id, size)
-                fresh = fresh.replace(uploaded_offset=size)
+                # Durable bytes are gone (the part was cut behind the node's back): the
+                # offset never goes down under a client's feet; the session ends (API.md).
+                log.error("part of %s holds %d bytes, its checkpoint %d: ending the session",
+                          fresh.upload_id, size, fresh.uploaded_offset)
+                try:
+                    ended = self.end_session(fresh, "abort")
+                finally:
+                    claim.release()
+                return None, ended
             return claim, fresh
         raise RuntimeError(f"could not claim session {rec.upload_id}")
 

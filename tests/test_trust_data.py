@@ -324,3 +324,26 @@ def test_get_upload_session_never_shows_a_live_session_as_long_expired(node_fact
     assert call.result(timeout=10).session.uploaded_offset == 6 * 64 * KiB
     rec = stub.GetUploadSession(pb.GetUploadSessionRequest(upload_id=s.upload_id))
     assert rec.state == pb.UploadSession.ACTIVE and rec.expires_at_unix_ms >= time.time() * 1000 - 50
+
+
+# -- a part cut shorter than its checkpoint: the session ends, its offset never goes down -----
+
+
+def test_a_part_cut_below_its_checkpoint_ends_the_session_never_rewinds_it(node_factory):
+    from contract import part_file
+    node = node_factory(workers=1)
+    stub = node.stub()
+    session = stub.CreateUploadSession(pb.CreateUploadSessionRequest(
+        object_id="cut-part", file_name="f", file_size=3 * 4096))
+    data = os.urandom(2 * 4096)
+    done = stub.Upload(iter([chunk(session.upload_id, 0, data)]))
+    assert done.session.uploaded_offset == len(data)  # checkpointed when the stream ended
+    part = part_file(node.data_dir, session.upload_id)
+    os.truncate(part, 4096)  # a durable byte lost behind the node's back
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Upload(iter([chunk(session.upload_id, len(data), os.urandom(4096))]))
+    err = from_rpc_error(caught.value)
+    assert (err.code, err.reason) == ("NOT_FOUND", "SESSION_NOT_FOUND")
+    after = stub.GetUploadSession(pb.GetUploadSessionRequest(upload_id=session.upload_id))
+    assert after.state == pb.UploadSession.ABORTED and after.uploaded_offset == len(data)
+    assert not part.exists()  # its bytes are freed with it

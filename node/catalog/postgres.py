@@ -286,11 +286,6 @@ class PostgresCatalog:
             "DELETE FROM sessions WHERE expires_at_ms < %s AND state != %s",
             (now_ms, int(State.ACTIVE))).rowcount)
 
-    def reset_session_offset(self, upload_id: str, uploaded_offset: int) -> None:
-        self._tx(lambda conn: conn.execute(
-            "UPDATE sessions SET uploaded_offset = %s WHERE upload_id = %s AND state = %s",
-            (uploaded_offset, upload_id, int(State.ACTIVE))))
-
     # -- garbage ----------------------------------------------------------------------------
 
     @staticmethod

@@ -430,12 +430,6 @@ class Catalog:
         with self.write() as db:
             db.execute("DELETE FROM objects WHERE object_id = ?", (object_id,))
 
-    def reset_session_offset(self, upload_id: str, uploaded_offset: int) -> None:
-        """Recovery only: the part file holds less than the checkpoint claims."""
-        with self.write() as db:
-            db.execute("UPDATE sessions SET uploaded_offset = ? WHERE upload_id = ? AND state = ?",
-                       (uploaded_offset, upload_id, int(State.ACTIVE)))
-
     @staticmethod
     def _get_object_in(db: sqlite3.Connection, object_id: str) -> ObjectRecord | None:
         row = db.execute(f"SELECT {', '.join(OBJECT_COLUMNS)} FROM objects WHERE object_id = ?",
