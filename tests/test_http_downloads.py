@@ -495,3 +495,22 @@ def test_wget_continues_a_cut_download(web_node, stored, tmp_path):
                            f"{web_node.http_url}/v1/objects/plain"], capture_output=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert partial.read_bytes() == data
+
+
+def test_a_fixed_port_another_process_listens_on_is_refused_not_shared(tmp_path):
+    import sys
+    stranger = socket.socket()
+    stranger.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # as another node's would be
+    stranger.bind(("127.0.0.1", 0))
+    stranger.listen()
+    port = stranger.getsockname()[1]
+    try:
+        done = subprocess.run([sys.executable, "-m", "node", "serve", "--listen", "127.0.0.1:0",
+                               "--http-listen", f"127.0.0.1:{port}", "--data-dir",
+                               str(tmp_path / "d"), "--metrics-listen", "", "--workers", "1"],
+                              capture_output=True, text=True, timeout=60)
+    finally:
+        stranger.close()
+    assert done.returncode == 1
+    assert f"127.0.0.1:{port} is in use by another process" in done.stderr
+    assert "started at" not in done.stdout

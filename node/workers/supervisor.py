@@ -46,6 +46,8 @@ from node.workers.worker import worker_main
 log = logging.getLogger("mini_oss.supervisor")
 
 READY_LINE = "mini-oss gRPC server started at :{port}"
+#: How long a fixed port held by someone else is waited for before the node refuses to start.
+PORT_WAIT_SECONDS = 5.0
 #: Printed just before READY_LINE, once every worker serves HTTP too (API.md, "HTTP").
 HTTP_READY_LINE = "mini-oss HTTP server started at :{port}"
 TICK_SECONDS = 0.2
@@ -90,13 +92,19 @@ def reserve_port(listen: str) -> socket.socket:
     rather than silently share the port's connections with a stranger."""
     host, port = split_host_port(listen)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    if port:
+    deadline = time.monotonic() + PORT_WAIT_SECONDS
+    while port:
         with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((host, port))
+                break
             except OSError as exc:
-                raise OSError(exc.errno, f"{listen} is in use by another process") from None
+                # A node killed a moment ago may still be closing its sockets (its data-dir
+                # lock can go first): wait a little for them before calling it a stranger.
+                if time.monotonic() > deadline:
+                    raise OSError(exc.errno, f"{listen} is in use by another process") from None
+        time.sleep(0.1)
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
