@@ -21,8 +21,8 @@ from node.transfers.progress import human_size
 from node.session_rules import MAX_SLICES
 from tests.conftest import RunningNode
 from tests.contract import (ABORTED, ACTIVE, COMMITTED, KiB, MiB, create, download_all,
-                            expect_error, get_session, held_stream, parts_dir, payload,
-                            sha256_hex, stat, upload_data, wait_until)
+                            expect_error, get_session, held_stream, list_all_sessions, parts_dir,
+                            payload, sha256_hex, stat, upload_data, wait_until)
 
 CHUNK = 64 * KiB
 
@@ -233,13 +233,20 @@ def test_a_worker_killed_while_composing_leaves_a_commit_that_runs_again(node_fa
     assert parts_of(node, session) == []
 
 
-def test_a_sliced_session_counts_once_against_the_session_limit(node_factory):
-    node = node_factory(workers=1, max_sessions=1, default_chunk_size="64K")
+def test_every_slice_takes_a_place_under_the_session_limits(node_factory):
+    # Each slice holds a row and a part file: a client asking for many slices must not get
+    # past the limits that bound those (an attacker's 64-slice sessions would take 65 places).
+    node = node_factory(workers=1, max_sessions=5, default_chunk_size="64K")
     stub = node.stub()
     session = create(stub, "sliced-cap", 8 * CHUNK, chunk_size=CHUNK, slices=4)
-    assert len(session.slices) == 4
+    assert len(session.slices) == 4  # 5 places: all of them
     with expect_error("RESOURCE_EXHAUSTED", "TOO_MANY_SESSIONS"):
         create(stub, "sliced-cap2", 10)
+    stub.AbortUploadSession(pb.AbortUploadSessionRequest(upload_id=session.upload_id), timeout=30)
+    with expect_error("RESOURCE_EXHAUSTED", "TOO_MANY_SESSIONS"):  # 6 places > 5: refused whole
+        create(stub, "sliced-cap3", 10 * CHUNK, chunk_size=CHUNK, slices=5)
+    assert list_all_sessions(stub) == []  # nothing half-made
+    assert len(create(stub, "sliced-cap4", 8 * CHUNK, chunk_size=CHUNK, slices=4).slices) == 4
 
 
 def test_a_catalog_from_before_slices_gains_their_columns(tmp_path):

@@ -34,10 +34,10 @@ import time
 from typing import Callable, Iterable, Sequence, TypeVar
 
 from node.catalog.records import (OBJECT_COLUMNS, SESSION_COLUMNS, SESSION_COLUMNS_ADDED,
-                                  CatalogState, FileRef,
+                                  CatalogState, FileRef, check_session_caps,
                                   ObjectRecord, SessionRecord, object_from_row, object_values,
                                   prefix_range, session_from_row, session_values)
-from node.errors import CatalogUnavailable, TooManySessions
+from node.errors import CatalogUnavailable
 from node.session_rules import State
 
 T = TypeVar("T")
@@ -198,18 +198,14 @@ class PostgresCatalog:
         def insert(conn) -> None:
             if max_active or max_per_client:
                 conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (LOCK_SESSION_CAPS,))
+            active = mine = 0
             if max_active:
-                active = conn.execute("SELECT count(*) FROM sessions WHERE state = %s AND parent_id = ''",
+                active = conn.execute("SELECT count(*) FROM sessions WHERE state = %s",
                                       (int(State.ACTIVE),)).fetchone()[0]
-                if active >= max_active:
-                    raise TooManySessions("the node has as many active sessions as it allows",
-                                          max_sessions=max_active)
             if max_per_client:
-                mine = conn.execute("SELECT count(*) FROM sessions WHERE state = %s AND client = %s"
-                                    " AND parent_id = ''", (int(State.ACTIVE), rec.client)).fetchone()[0]
-                if mine >= max_per_client:
-                    raise TooManySessions("this client has as many active sessions as it may",
-                                          max_sessions_per_client=max_per_client)
+                mine = conn.execute("SELECT count(*) FROM sessions WHERE state = %s AND client = %s",
+                                    (int(State.ACTIVE), rec.client)).fetchone()[0]
+            check_session_caps(1 + len(slices), active, max_active, mine, max_per_client)
             with conn.cursor() as cur:
                 cur.executemany(sql, [session_values(r) for r in (rec, *slices)])
         self._tx(insert)

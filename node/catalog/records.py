@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Sequence
 
+from node.errors import TooManySessions
 from node.session_rules import State
 
 #: Files the catalog has let go of, to free: (kind, name), kind being "parts" or "objects".
@@ -121,6 +122,18 @@ def prefix_range(prefix: str, mark: str = "?") -> tuple[str, list]:
     if upper is None:
         return f"object_id >= {mark}", [prefix]
     return f"object_id >= {mark} AND object_id < {mark}", [prefix, upper]
+
+
+def check_session_caps(new: int, active: int, max_active: int, mine: int,
+                       max_per_client: int) -> None:
+    """Refuse `new` more ACTIVE sessions (a sliced session and its slices: each holds a part
+    file and a row) when that would pass a limit (0 = none)."""
+    if max_active and active + new > max_active:
+        raise TooManySessions("the node has as many active sessions as it allows",
+                              max_sessions=max_active)
+    if max_per_client and mine + new > max_per_client:
+        raise TooManySessions("this client has as many active sessions as it may",
+                              max_sessions_per_client=max_per_client)
 
 
 def session_values(rec: SessionRecord) -> tuple:

@@ -30,10 +30,10 @@ import urllib.parse
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 from node.catalog.records import (OBJECT_COLUMNS, SESSION_COLUMNS, SESSION_COLUMNS_ADDED,
-                                  CatalogState, FileRef,
+                                  CatalogState, FileRef, check_session_caps,
                                   ObjectRecord, SessionRecord, object_from_row, object_values,
                                   prefix_range, session_from_row, session_values)
-from node.errors import DiskFull, TooManySessions
+from node.errors import DiskFull
 from node.session_rules import State
 
 T = TypeVar("T")
@@ -230,23 +230,19 @@ class Catalog:
     def insert_session(self, rec: SessionRecord, max_active: int = 0, max_per_client: int = 0,
                        slices: Sequence[SessionRecord] = ()) -> None:
         """Insert a new ACTIVE session (and the slices of a sliced one), unless a limit (0 =
-        none) is reached: the count and the insert share one write transaction, so workers
-        racing for the last place cannot both win. Slices do not count against the limits:
-        a parallel upload is one session to its client."""
+        none) would be passed: the count and the insert share one write transaction, so workers
+        racing for the last place cannot both win. Each slice counts as a session: it holds
+        a row and a part file like one."""
         sql = f"INSERT INTO sessions ({', '.join(SESSION_COLUMNS)}) VALUES ({', '.join('?' * len(SESSION_COLUMNS))})"
         with self.write() as db:
+            active = mine = 0
             if max_active:
-                active = db.execute("SELECT count(*) FROM sessions WHERE state = ? AND parent_id = ''",
+                active = db.execute("SELECT count(*) FROM sessions WHERE state = ?",
                                     (int(State.ACTIVE),)).fetchone()[0]
-                if active >= max_active:
-                    raise TooManySessions("the node has as many active sessions as it allows",
-                                          max_sessions=max_active)
             if max_per_client:
-                mine = db.execute("SELECT count(*) FROM sessions WHERE state = ? AND client = ?"
-                                  " AND parent_id = ''", (int(State.ACTIVE), rec.client)).fetchone()[0]
-                if mine >= max_per_client:
-                    raise TooManySessions("this client has as many active sessions as it may",
-                                          max_sessions_per_client=max_per_client)
+                mine = db.execute("SELECT count(*) FROM sessions WHERE state = ? AND client = ?",
+                                  (int(State.ACTIVE), rec.client)).fetchone()[0]
+            check_session_caps(1 + len(slices), active, max_active, mine, max_per_client)
             db.executemany(sql, [session_values(r) for r in (rec, *slices)])
 
     def slices_of(self, parent_id: str) -> list[SessionRecord]:
