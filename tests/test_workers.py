@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import queue
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import zlib
 import grpc
 import psutil
 import pytest
-from contract import wait_until
+from contract import held_stream, wait_until
 
 from node.pb import oss_pb2 as pb
 from node.pb import oss_pb2_grpc
@@ -46,21 +45,6 @@ def channel_on_worker(addr: str, worker_id: int, tries: int = 64):
 
 def chunk(upload_id: str, offset: int, data: bytes) -> pb.UploadChunk:
     return pb.UploadChunk(upload_id=upload_id, offset=offset, data=data, crc32=zlib.crc32(data))
-
-
-class OpenStream:
-    """An Upload stream whose messages the test feeds one at a time."""
-
-    def __init__(self, stub) -> None:
-        self.queue: queue.Queue = queue.Queue()
-        self.call = stub.Upload.future(iter(self.queue.get, None))
-
-    def send(self, msg) -> None:
-        self.queue.put(msg)
-
-    def close(self):
-        self.queue.put(None)
-        return self.call.result(timeout=30)
 
 
 def durable_offset(stub, upload_id: str) -> int:
@@ -105,30 +89,21 @@ def test_session_busy_across_workers(node2):
     data = os.urandom(4 * CHUNK)
     s = stub0.CreateUploadSession(pb.CreateUploadSessionRequest(
         object_id="busy", file_name="b.bin", file_size=len(data)))
-    stream = OpenStream(stub0)
-    stream.send(chunk(s.upload_id, 0, data[:CHUNK]))
-    wait_until(lambda: _busy(stub1, s.upload_id), 10, what="the first stream to hold the session")
+    # held_stream retries when the probe itself held the session as the stream arrived (the
+    # stream is then refused as busy): polling with a probe alone can wait forever.
+    call, feed = held_stream(stub0, s.upload_id, data[:CHUNK], probe=stub1)
     with pytest.raises(grpc.RpcError) as caught:
         stub1.Upload(iter([chunk(s.upload_id, 0, data[:CHUNK])]), timeout=10)
     err = from_rpc_error(caught.value)
     assert (err.code, err.reason) == ("ABORTED", "SESSION_BUSY")
     for offset in range(CHUNK, len(data), CHUNK):
-        stream.send(pb.UploadChunk(offset=offset, data=data[offset:offset + CHUNK],
-                                   crc32=zlib.crc32(data[offset:offset + CHUNK])))
-    response = stream.close()
+        feed.put(pb.UploadChunk(offset=offset, data=data[offset:offset + CHUNK],
+                                crc32=zlib.crc32(data[offset:offset + CHUNK])))
+    feed.put(None)
+    response = call.result(timeout=30)
     assert response.object.sha256 == hashlib.sha256(data).hexdigest()
     ch0.close()
     ch1.close()
-
-
-def _busy(stub, upload_id: str) -> bool:
-    """Whether a stream holds the session. Probes with an empty chunk at offset 0, which is a
-    no-op (a duplicate) for a session nobody holds, so the probe changes nothing."""
-    try:
-        stub.Upload(iter([pb.UploadChunk(upload_id=upload_id, offset=0, data=b"")]), timeout=10)
-    except grpc.RpcError as exc:
-        return from_rpc_error(exc).reason == "SESSION_BUSY"
-    return False
 
 
 def test_resume_on_another_worker(node2):
@@ -154,15 +129,15 @@ def test_kill_9_of_the_worker_holding_a_stream(node2):
     data = os.urandom(8 * CHUNK)
     s = stub0.CreateUploadSession(pb.CreateUploadSessionRequest(
         object_id="victim", file_name="v.bin", file_size=len(data)))
-    stream = OpenStream(stub0)
-    for offset in range(0, 3 * CHUNK, CHUNK):
-        stream.send(chunk(s.upload_id if offset == 0 else "", offset, data[offset:offset + CHUNK]))
     ch1, stub1 = channel_on_worker(node2.addr, 1)
-    wait_until(lambda: _busy(stub1, s.upload_id), 10, what="the stream to claim the session")
+    call, feed = held_stream(stub0, s.upload_id, data[:CHUNK], probe=stub1)
+    for offset in range(CHUNK, 3 * CHUNK, CHUNK):
+        feed.put(chunk("", offset, data[offset:offset + CHUNK]))
     old_pid = node2.worker_pids()[0]
     os.kill(old_pid, signal.SIGKILL)
     with pytest.raises(grpc.RpcError):
-        stream.call.result(timeout=20)
+        call.result(timeout=20)
+    feed.put(None)
     # The worker is replaced...
     wait_until(lambda: node2.worker_pids().get(0, old_pid) != old_pid, 20, what="worker 0 to be restarted")
     # ...and no stale claim is left: another worker resumes from the durable offset at once.
@@ -181,6 +156,7 @@ def test_kill_9_of_the_worker_holding_a_stream(node2):
 
 def test_sigterm_during_uploads_drains_and_sessions_resume(node_factory):
     node = node_factory(workers=2, grace=2)
+    probe = oss_pb2_grpc.ObjectStorageStub(own_channel(node.addr))
     uploads = []
     for i in range(6):
         channel = own_channel(node.addr)
@@ -188,20 +164,18 @@ def test_sigterm_during_uploads_drains_and_sessions_resume(node_factory):
         data = os.urandom(4 * CHUNK)
         s = stub.CreateUploadSession(pb.CreateUploadSessionRequest(
             object_id=f"drain-{i}", file_name="d.bin", file_size=len(data)))
-        stream = OpenStream(stub)
-        stream.send(chunk(s.upload_id, 0, data[:CHUNK]))
-        stream.send(chunk(s.upload_id, CHUNK, data[CHUNK:2 * CHUNK]))
-        uploads.append((channel, stub, s, data, stream))
-    probe = oss_pb2_grpc.ObjectStorageStub(own_channel(node.addr))
-    for _, _, s, _, _ in uploads:
-        wait_until(lambda: _busy(probe, s.upload_id), 10, what="every stream to hold its session")
+        # Two chunks' worth in the first message: whatever the stream has taken when the
+        # drain begins, the grace lets it finish verifying what it was sent.
+        call, feed = held_stream(stub, s.upload_id, data[:2 * CHUNK], probe=probe)
+        uploads.append((channel, stub, s, data, (call, feed)))
     started = time.monotonic()
     node.proc.send_signal(signal.SIGTERM)
     assert node.proc.wait(30) == 0
     assert time.monotonic() - started < 2 + 10, "drain took longer than the grace and its margin"
-    for channel, _, _, _, stream in uploads:
+    for channel, _, _, _, (call, feed) in uploads:
         with pytest.raises(grpc.RpcError):
-            stream.call.result(timeout=10)
+            call.result(timeout=10)
+        feed.put(None)
         channel.close()
     node.start()
     stub = node.stub()
