@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import sqlite3
+import time
 
 import grpc
 import pytest
@@ -336,3 +337,49 @@ def test_parallel_must_be_a_positive_number(tmp_path):
     for bad in ("0", "-2", "many"):
         code, _, err = run_cli("put", str(src), "--parallel", bad, "--addr", "127.0.0.1:1")
         assert code == 2 and "--parallel" in err, (bad, code, err)
+
+
+def test_a_sliced_session_expires_only_when_none_of_its_slices_moves(node_factory):
+    # TTL 2 s, swept every 0.2 s: one slice keeps moving for three TTLs while the sliced
+    # session and its other slice sit idle; nothing expires until all of them are idle.
+    node = node_factory(workers=1, session_ttl=2, default_chunk_size="64K",
+                        env={"MINI_OSS_SWEEP_INTERVAL": "0.2"})
+    stub = node.stub()
+    data = payload(40 * CHUNK, seed=10)
+    session = create(stub, "sliced-ttl", data, chunk_size=CHUNK, slices=2)
+    moving = session.slices[1]
+    part = data[moving.slice_offset:moving.slice_offset + moving.file_size]
+    deadline = time.monotonic() + 6
+    offset = 0
+    while time.monotonic() < deadline:
+        upload_data(stub, moving.upload_id, part, CHUNK, start=offset, end=offset + CHUNK)
+        offset += CHUNK
+        time.sleep(0.5)
+        states = {get_session(stub, u).state
+                  for u in (session.upload_id, session.slices[0].upload_id, moving.upload_id)}
+        assert states == {ACTIVE}, "a member expired while a slice was moving"
+    wait_until(lambda: get_session(stub, session.upload_id).state == ABORTED, 15,
+               what="the idle sliced session to expire")
+    assert {s.state for s in get_session(stub, session.upload_id).slices} == {ABORTED}
+    assert parts_of(node, session) == []
+
+
+def test_a_slice_ended_behind_the_nodes_back_makes_the_commit_end_them_all(node_factory):
+    node = node_factory(workers=1, default_chunk_size="64K")
+    stub = node.stub()
+    data = payload(256 * KiB, seed=11)
+    session = create(stub, "sliced-broken", data, chunk_size=CHUNK, slices=2)
+    send_all(stub, session, data)
+    # What a crash between ending two members could leave: one slice ended, the rest ACTIVE.
+    db = sqlite3.connect(node.data_dir / "catalog.db")
+    with db:
+        db.execute("UPDATE sessions SET state = 3 WHERE upload_id = ?",
+                   (session.slices[0].upload_id,))
+    db.close()
+    with expect_error("NOT_FOUND", "SESSION_NOT_FOUND"):
+        commit(stub, session)
+    after = get_session(stub, session.upload_id)
+    assert after.state == ABORTED and {s.state for s in after.slices} == {ABORTED}
+    assert [n for n in parts_of(node, session) if session.slices[0].upload_id not in n] == []
+    with expect_error("NOT_FOUND", "OBJECT_NOT_FOUND"):
+        stat(stub, "sliced-broken")
