@@ -76,6 +76,17 @@ def request(node, method: str, path: str, headers: dict | None = None,
         conn.close()
 
 
+def held_get(node, object_id: str, data: bytes):
+    """Store `data`, start a GET of it and read its first MiB: (connection, response, head),
+    the rest of the body left unread (a slow client)."""
+    with Client(node.addr) as client:
+        client.upload(io.BytesIO(data), object_id)
+    conn = http.client.HTTPConnection("127.0.0.1", node.http_port, timeout=30)
+    conn.request("GET", f"/v1/objects/{object_id}")
+    response = conn.getresponse()
+    return conn, response, response.read(MiB)
+
+
 def curl(*args: str, cwd=None) -> subprocess.CompletedProcess:
     assert CURL, "curl is needed by these tests (it is on every CI image we use)"
     return subprocess.run([CURL, "-sS", *args], capture_output=True, timeout=60, cwd=cwd)
@@ -247,12 +258,7 @@ def test_an_overwrite_during_a_long_get_does_not_change_its_bytes(web_node):
 def test_drain_lets_a_running_get_finish_and_refuses_new_requests(node_factory):
     node = node_factory(workers=1, grace=20, http_listen=HTTP)
     data = os.urandom(16 * MiB)
-    with Client(node.addr) as client:
-        client.upload(io.BytesIO(data), "drained")
-    conn = http.client.HTTPConnection("127.0.0.1", node.http_port, timeout=30)
-    conn.request("GET", "/v1/objects/drained")
-    response = conn.getresponse()
-    head = response.read(MiB)
+    conn, response, head = held_get(node, "drained", data)
     node.proc.send_signal(signal.SIGTERM)
 
     def refused() -> bool:
@@ -471,12 +477,7 @@ def test_the_signing_key_is_private_and_a_shared_key_file_serves_a_cluster(node_
 def test_open_downloads_count_against_the_clients_stream_cap(node_factory):
     node = node_factory(workers=1, max_streams_per_client=1, http_listen=HTTP)
     data = os.urandom(16 * MiB)
-    with Client(node.addr) as client:
-        client.upload(io.BytesIO(data), "capped")
-    held = http.client.HTTPConnection("127.0.0.1", node.http_port, timeout=30)
-    held.request("GET", "/v1/objects/capped")
-    response = held.getresponse()
-    head = response.read(MiB)  # the first download is open, its client slow
+    held, response, head = held_get(node, "capped", data)  # open, its client slow
     status, headers, body = request(node, "GET", "/v1/objects/capped")
     assert status == 429 and json.loads(body)["reason"] == "TOO_MANY_STREAMS"
     assert headers["retry-after"] == "1"

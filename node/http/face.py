@@ -214,8 +214,12 @@ class Face:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     def client(self, request: web.Request) -> str:
+        """The caller's host for per-client limits, written as gRPC writes a peer's
+        (node.service.client_of): "ipv4:127.0.0.1", "ipv6:[::1]"."""
         peer = request.transport.get_extra_info("peername") if request.transport else None
-        return f"ipv4:{peer[0]}" if peer else "unknown"
+        if not peer:
+            return "unknown"
+        return f"ipv6:[{peer[0]}]" if ":" in peer[0] else f"ipv4:{peer[0]}"
 
     def authorize(self, request: web.Request, role: Role, object_id: str | None) -> str:
         """Check the request may act on `object_id` with `role`; returns the token's prefix

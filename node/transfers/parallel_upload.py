@@ -118,15 +118,18 @@ def upload_sliced(client: Client, session: oss_pb2.UploadSession, source: IO[byt
                    for s in pending]
         if progress:
             progress(sum(done.values()), size)
-        committed = _wait_all(futures + ([hashing] if hashing else []), stop)
-        if committed is not None:  # the sliced session had committed (an earlier run's commit)
+        _wait_all(futures + ([hashing] if hashing else []), stop)
+        # A slice answers with the object when its sliced session had already committed (an
+        # earlier run's commit whose answer was lost); else None.
+        committed = next((f.result() for f in futures if f.result() is not None), None)
+        if committed is not None:
             return committed
         if hashing is not None:
             digest = hashing.result()
     return _commit(client, session.upload_id, size, digest)
 
 
-def _wait_all(futures: list[concurrent.futures.Future], stop: threading.Event) -> ObjectInfo | None:
+def _wait_all(futures: list[concurrent.futures.Future], stop: threading.Event) -> None:
     """Wait for every future; on the first failure or Ctrl-C, stop the rest and raise it."""
     try:
         pending = set(futures)
@@ -139,11 +142,6 @@ def _wait_all(futures: list[concurrent.futures.Future], stop: threading.Event) -
         stop.set()
         concurrent.futures.wait(futures, timeout=_STOP_GRACE)
         raise
-    for f in futures:
-        result = f.result()
-        if result is not None and not isinstance(result, str):
-            return result
-    return None
 
 
 def _sha256_of(window: SourceWindow) -> str:
