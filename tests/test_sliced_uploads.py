@@ -383,3 +383,23 @@ def test_a_slice_ended_behind_the_nodes_back_makes_the_commit_end_them_all(node_
     assert [n for n in parts_of(node, session) if session.slices[0].upload_id not in n] == []
     with expect_error("NOT_FOUND", "OBJECT_NOT_FOUND"):
         stat(stub, "sliced-broken")
+
+
+def test_a_postgresql_catalog_from_before_slices_gains_their_columns(postgres_server):
+    import psycopg
+
+    from node.catalog import postgres
+    url = postgres_server.new_database()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(postgres.SCHEMA)  # the sessions table as schema version 2 made it
+        conn.execute("INSERT INTO sessions VALUES ('u1', 'o', 'f', 3, 4096, 0, '', 1, '', '{}', 0,"
+                     " '', 'c', 1, 1, 1, NULL)")
+    postgres.PostgresBackend(url).prepare()
+    postgres.PostgresBackend(url).prepare()  # a second node's start changes nothing more
+    catalog = postgres.PostgresCatalog(url)
+    try:
+        rec = catalog.get_session("u1")
+        assert (rec.slices, rec.parent_id, rec.slice_offset) == (0, "", 0)
+        assert catalog.slices_of("u1") == []
+    finally:
+        catalog.close()
