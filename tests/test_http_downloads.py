@@ -515,3 +515,28 @@ def test_a_fixed_port_another_process_listens_on_is_refused_not_shared(tmp_path)
     assert done.returncode == 1
     assert f"127.0.0.1:{port} is in use by another process" in done.stderr
     assert "started at" not in done.stdout
+
+
+def test_a_browsers_resumed_download_continues_or_starts_over(web_node):
+    """What a browser sends to resume a cut download: `Range: bytes=N-` with `If-Range` holding
+    the first response's ETag. The same version continues (206 from N); an overwrite in between
+    starts over (200, the new bytes). A date in If-Range (a client that ignores ETags) always
+    starts over: Last-Modified is the same for two versions committed within one second."""
+    first = os.urandom(2 * MiB + 5)
+    conn, response, head = held_get(web_node, "browser-resume", first)
+    etag, modified = response.getheader("ETag"), response.getheader("Last-Modified")
+    conn.close()  # the cut: the browser keeps `head` and the validators
+    status, headers, rest = request(web_node, "GET", "/v1/objects/browser-resume",
+                                    {"Range": f"bytes={len(head)}-", "If-Range": etag})
+    assert status == 206
+    assert headers["content-range"] == f"bytes {len(head)}-{len(first) - 1}/{len(first)}"
+    assert head + rest == first
+    status, _, body = request(web_node, "GET", "/v1/objects/browser-resume",
+                              {"Range": f"bytes={len(head)}-", "If-Range": modified})
+    assert (status, body) == (200, first)
+    second = os.urandom(MiB + 3)
+    with Client(web_node.addr) as client:
+        client.upload(io.BytesIO(second), "browser-resume")
+    status, headers, body = request(web_node, "GET", "/v1/objects/browser-resume",
+                                    {"Range": f"bytes={len(head)}-", "If-Range": etag})
+    assert (status, body) == (200, second), "a stale If-Range must not splice two versions"

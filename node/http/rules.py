@@ -125,15 +125,13 @@ def precondition(method: str, headers, v: Validators) -> int:
 
 
 def if_range_holds(header: str | None, v: Validators) -> bool:
-    """Does an If-Range let the Range apply? A strong comparison of the entity tag; a date
-    only if it equals Last-Modified exactly (RFC 9110 §13.1.5). No If-Range: yes."""
+    """Does an If-Range let the Range apply? Only a strong match of the entity tag; no If-Range:
+    yes. A date never does: two versions committed within one second share their Last-Modified,
+    so it is a weak validator (RFC 9110 §8.8.2.2) and §13.1.5 forbids the range on it — it
+    could splice two versions into one file."""
     if header is None:
         return True
-    header = header.strip()
-    if header.startswith(("W/", '"')):
-        return header == v.etag
-    stamp = parse_http_date(header)
-    return stamp is not None and int(stamp) == v.last_modified_s
+    return header.strip() == v.etag
 
 
 # --- ranges --------------------------------------------------------------------------------
