@@ -50,11 +50,11 @@ class Settings:
     checkpoint_interval: float = _setting(30.0, "... or after this many seconds, whichever comes first.", minimum=0.001)
     # Measured (tools/bench/RESULTS.md): the page cache takes sustained writes here at ~0.5 GB/s
     # and ~2 ms of kernel CPU per MiB; O_DIRECT writes reach ~1.5 GB/s.
-    direct_io: bool = _setting(True, "Write uploads with O_DIRECT where the file system allows (falls back to buffered).")
+    direct_io: bool = _setting(True, "Write uploads, and read downloads that are not in the page cache, with O_DIRECT where the file system allows (falls back to buffered).")
     # Measured (tools/bench/RESULTS.md): with objects not yet in the page cache, asking the
     # kernel for the next 16 MiB of each download cut time to first byte from 0.68 s to 0.14 s
     # (p50, 100 streams); throughput is bound by CPU either way.
-    download_readahead: int = _setting(16 * MiB, "Bytes of a download the kernel is asked to read ahead (posix_fadvise WILLNEED); 0 = off.", minimum=0)
+    download_readahead: int = _setting(16 * MiB, "Bytes of a buffered download the kernel is asked to read ahead (posix_fadvise WILLNEED; cold reads with O_DIRECT read none); 0 = off.", minimum=0)
     io_threads: int = _setting(8, "Threads per worker for hashing, pwrite, pread and the catalog.", minimum=1)
     sweep_interval: float = _setting(60.0, "Seconds between sweeps that expire idle sessions.", minimum=0.01)
     log_level: str = _setting("INFO", "Logging level of the node's processes.")

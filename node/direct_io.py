@@ -1,4 +1,5 @@
-"""Upload writes that bypass the page cache (O_DIRECT), with a buffered fallback.
+"""Upload writes and cold download reads that bypass the page cache (O_DIRECT), with a
+buffered fallback.
 
 Why: on these VMs every fresh page-cache page costs about 1–2 ms per MiB of kernel time to
 fault in, and the page cache drains to disk at only ~0.5–0.8 GB/s, while the same disk takes
@@ -16,6 +17,10 @@ covers that block again.
 
 Where O_DIRECT is refused (tmpfs before Linux 6.6, some FUSE and network file systems), or a
 direct write fails with EINVAL, the appender turns itself into plain buffered `pwrite`s.
+
+Downloads read the same way what is not in the page cache (`pread_direct`, node.page_cache
+says why): 100 readers of cold files here move ~1 GB/s with O_DIRECT at 0.08 CPU-s per GB,
+buffered 1.2–1.5 GB/s at 0.39–0.87 — and on two cores a download is bound by CPU, not disk.
 """
 
 from __future__ import annotations
@@ -55,6 +60,39 @@ def open_direct(path: str) -> int | None:
         if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
             return None
         raise
+
+
+def open_direct_read(fd: int) -> int | None:
+    """A second, O_DIRECT descriptor of the very file `fd` is open on (through /proc, so a
+    version replaced or unlinked since stays the one read), or None if the file system refuses."""
+    if not _O_DIRECT:
+        return None
+    try:
+        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC | _O_DIRECT)
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOENT):
+            return None
+        raise
+
+
+def pread_direct(direct_fd: int, offset: int, length: int) -> memoryview:
+    """[offset, offset + length) read with O_DIRECT into this thread's aligned buffer: the
+    device writes the bytes there, no page-cache page is made and none is copied. The view is
+    valid until this thread's next use of the buffer; shorter only at the end of the file."""
+    start = align_down(offset)
+    span = align_down(offset + length + ALIGN - 1) - start
+    buf = aligned_buffer(span)
+    view = memoryview(buf)[:span]
+    got = 0
+    while got < span:
+        n = os.preadv(direct_fd, [view[got:]], start + got)
+        if n <= 0:
+            break
+        got += n
+        if n % ALIGN:  # the end of the file (a direct read stops only there or at `span`)
+            break
+    lead = offset - start
+    return view[lead:max(lead, min(got, lead + length))]
 
 
 def pwrite_all(fd: int, data, offset: int) -> None:

@@ -377,20 +377,18 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
             return
         offset = reader.start
         client = client_of(context)
-        pending = self._run(reader.read, offset)
+        pending = self._run(reader.message, offset, info)
         try:
             while offset < reader.end:
-                data, crc = await pending
-                following = offset + len(data)
+                message, length = await pending
+                following = offset + length
                 # Read the next chunk while this one is on the wire.
-                pending = self._run(reader.read, following) if following < reader.end else None
-                first = info is not None
-                await self.limiter.pace(client, len(data))
-                await self._write_chunk(context, encode_download_chunk(offset, data, crc, info or b""))
-                info = None
-                if first:
+                pending = self._run(reader.message, following) if following < reader.end else None
+                await self.limiter.pace(client, length)
+                await self._write_chunk(context, message)
+                if offset == reader.start:
                     self.metrics.observe("download_first_byte_seconds", time.monotonic() - started)
-                self.metrics.add("sent_bytes", len(data))
+                self.metrics.add("sent_bytes", length)
                 self.metrics.add("chunks_sent")
                 offset = following
         finally:

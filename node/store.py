@@ -479,7 +479,8 @@ class Store:
             start, end = ranges.resolve_range(obj.size, start_offset, end_offset)
             fd = self.storage.open_object(obj.disk_name)
             if fd is not None:
-                return DownloadReader(fd, obj, start, end, size, self.settings.download_readahead)
+                return DownloadReader(fd, obj, start, end, size, self.settings.download_readahead,
+                                      direct=self.settings.direct_io)
             # Replaced (and its file freed) between the lookup and the open: look again.
         raise RuntimeError(f"object {object_id} keeps vanishing under the reader")
 

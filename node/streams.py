@@ -13,6 +13,7 @@ Both are blocking and run in the worker's thread pool; the Store (node.store) cr
 from __future__ import annotations
 
 import collections
+import errno
 import hashlib
 import logging
 import os
@@ -20,14 +21,16 @@ import threading
 import time
 from typing import TYPE_CHECKING, Sequence
 
-from node import failpoints
+from node import failpoints, page_cache
 from node.checksums import crc32 as crc32_of, crc32c as crc32c_of
 from node.catalog import ObjectRecord, SessionRecord
 from node.errors import (ChecksumMismatch, ChunkTooLarge, GenerationMismatch, InvalidArgument,
                          ObjectExists, SessionNotFound, Sha256Mismatch)
 from node.session_rules import (State, check_preconditions, is_complete, merge_expected_sha256,
                                 plan_chunk, transition)
+from node.direct_io import open_direct_read, pread_direct
 from node.storage import OBJECTS, PARTS, PartClaim
+from node.wire import encode_download_chunk
 
 if TYPE_CHECKING:
     from node.store import Store
@@ -300,27 +303,50 @@ class UploadStream:
 
 
 class DownloadReader:
-    """An open committed version and the range to send from it."""
+    """An open committed version and the range to send from it.
+
+    Chunks that are in the page cache are read from it; the others, with `direct` on, are read
+    around it with O_DIRECT (node.page_cache and node.direct_io say why), and then nothing is
+    read ahead through the cache either. With `direct` off, or where the kernel cannot say what
+    is cached or the file system refuses O_DIRECT, reads are buffered and the kernel is asked
+    to read `readahead` bytes ahead."""
 
     def __init__(self, fd: int, obj: ObjectRecord, start: int, end: int, chunk_size: int,
-                 readahead: int = 0) -> None:
+                 readahead: int = 0, direct: bool = False) -> None:
         self.fd = fd
         self.object = obj
         self.start = start
         self.end = end
         self.chunk_size = chunk_size
+        self.direct_fd = open_direct_read(fd) if direct and end > start else None
+        if self.direct_fd is not None and page_cache.cached_pages(fd, start, end - start) is None:
+            self._close_direct()  # no way to tell cached from cold: the buffered path for all
         #: How far ahead of the stream the kernel is asked to read (0: leave it to the kernel).
-        self.readahead = readahead
+        self.readahead = readahead if self.direct_fd is None else 0
         self._advised = start  # [start, _advised) has been asked for
-        if readahead:
+        if self.readahead:
             os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_SEQUENTIAL)
 
-    def read(self, offset: int) -> tuple[bytes, int]:
-        """The chunk at `offset` and its CRC-32."""
+    def message(self, offset: int, object_info: bytes = b"") -> tuple[bytes, int]:
+        """The DownloadChunk message of the chunk at `offset`, and its data length. Encoded
+        here, in the thread that read it: a direct read's bytes live in that thread's buffer."""
+        data, crc = self._chunk(offset)
+        return encode_download_chunk(offset, data, crc, object_info), len(data)
+
+    def _chunk(self, offset: int):
         want = min(self.chunk_size, self.end - offset)
-        if self.readahead:
-            self._read_ahead(offset + want)
-        data = os.pread(self.fd, want, offset)
+        if self.direct_fd is not None and not page_cache.fully_cached(self.fd, offset, want):
+            try:
+                data = pread_direct(self.direct_fd, offset, want)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self._close_direct()  # an alignment this device refuses: buffered from now on
+                data = os.pread(self.fd, want, offset)
+        else:
+            if self.readahead:
+                self._read_ahead(offset + want)
+            data = os.pread(self.fd, want, offset)
         if len(data) != want:
             raise OSError(f"object file of {self.object.object_id} is shorter than its record")
         return data, crc32_of(data)
@@ -338,7 +364,13 @@ class DownloadReader:
         os.posix_fadvise(self.fd, ahead, until - ahead, os.POSIX_FADV_WILLNEED)
         self._advised = until
 
+    def _close_direct(self) -> None:
+        if self.direct_fd is not None:
+            os.close(self.direct_fd)
+            self.direct_fd = None
+
     def close(self) -> None:
+        self._close_direct()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

@@ -1,6 +1,7 @@
-"""DownloadReader (node.streams): with the kernel asked to read ahead, a download still reads
-exactly the requested range, chunk by chunk with the right CRC-32, and never asks the kernel for
-bytes outside the range (a zero-length advice would mean "to the end of the file")."""
+"""DownloadReader (node.streams): buffered with the kernel asked to read ahead, or around a cold
+page cache with O_DIRECT, a download reads exactly the requested range, chunk by chunk with the
+right CRC-32 in the message it sends, and never asks the kernel for bytes outside the range (a
+zero-length advice would mean "to the end of the file")."""
 
 from __future__ import annotations
 
@@ -10,33 +11,65 @@ import zlib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from node import page_cache
 from node.catalog import ObjectRecord
+from node.pb import oss_pb2
 from node.streams import DownloadReader
 from tests.contract import payload
 
 SIZE = 300_000
 DATA = payload(SIZE, 7)
+INFO = oss_pb2.ObjectInfo(object_id="o", size=SIZE).SerializeToString()
 
 
-@settings(max_examples=80, deadline=None)
-@given(start=st.integers(0, SIZE), length=st.integers(0, SIZE), chunk=st.integers(1, 70_000),
-       readahead=st.sampled_from([0, 1, 4096, 65_536, 1 << 20]))
-def test_chunks_cover_the_range_exactly(tmp_path_factory, start, length, chunk, readahead):
-    path = tmp_path_factory.mktemp("obj") / "object"
-    path.write_bytes(DATA)
-    end = min(SIZE, start + length)
+def read_all(path, start: int, end: int, chunk: int, readahead: int, direct: bool) -> bytes:
     obj = ObjectRecord(object_id="o", generation="g", file_name="f", size=SIZE, sha256="",
                        content_type="", metadata={}, created_at_ms=0, disk_name="object")
-    reader = DownloadReader(os.open(path, os.O_RDONLY), obj, start, end, chunk, readahead)
+    reader = DownloadReader(os.open(path, os.O_RDONLY), obj, start, end, chunk, readahead, direct)
     got = bytearray()
     offset = start
     try:
         while offset < end:
-            data, crc = reader.read(offset)
-            assert 0 < len(data) <= chunk and crc == zlib.crc32(data)
-            got += data
-            offset += len(data)
+            message, length = reader.message(offset, INFO if offset == start else b"")
+            parsed = oss_pb2.DownloadChunk.FromString(message)
+            assert parsed.offset == offset and len(parsed.data) == length and 0 < length <= chunk
+            assert parsed.crc32 == zlib.crc32(parsed.data)
+            assert parsed.HasField("object") == (offset == start)  # ObjectInfo on the first only
+            got += parsed.data
+            offset += length
             assert reader._advised <= end
     finally:
         reader.close()
-    assert bytes(got) == DATA[start:end]
+    return bytes(got)
+
+
+@settings(max_examples=80, deadline=None)
+@given(start=st.integers(0, SIZE), length=st.integers(0, SIZE), chunk=st.integers(1, 70_000),
+       readahead=st.sampled_from([0, 1, 4096, 65_536, 1 << 20]), direct=st.booleans())
+def test_chunks_cover_the_range_exactly(tmp_path_factory, start, length, chunk, readahead, direct):
+    path = tmp_path_factory.mktemp("obj") / "object"
+    path.write_bytes(DATA)
+    if direct:  # cold: what a direct read must find on the device, not in the cache
+        fd = os.open(path, os.O_RDONLY)
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+    end = min(SIZE, start + length)
+    assert read_all(path, start, end, chunk, readahead, direct) == DATA[start:end]
+
+
+def test_a_cold_range_is_read_around_the_cache_and_a_warm_one_from_it(tmp_path):
+    path = tmp_path / "object"
+    path.write_bytes(DATA)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        assert page_cache.cached_pages(fd, 0, SIZE) == 0, "this kernel keeps the pages: no cold case"
+        assert read_all(path, 0, SIZE, 65_536, 1 << 20, direct=True) == DATA
+        assert page_cache.cached_pages(fd, 0, SIZE) == 0, "a cold download filled the page cache"
+        assert read_all(path, 0, SIZE, 65_536, 1 << 20, direct=False) == DATA
+        assert page_cache.fully_cached(fd, 0, SIZE), "a buffered read leaves the pages cached"
+        assert read_all(path, 1000, SIZE - 5, 65_536, 0, direct=True) == DATA[1000:SIZE - 5]
+    finally:
+        os.close(fd)
