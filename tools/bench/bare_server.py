@@ -56,6 +56,14 @@ def server_options() -> list[tuple[str, object]]:
     return grpc_options(Settings())
 
 
+def upload_size(upload_id: str) -> int:
+    """The object size CreateUploadSession put in the upload_id (`bare-SIZE-...`); 0 if none."""
+    try:
+        return int(upload_id.split("-")[1])
+    except (IndexError, ValueError):
+        return 0
+
+
 # -- the worker (imports gRPC) ----------------------------------------------------------------
 
 
@@ -150,13 +158,13 @@ class BareServicer:
                 first = self.pb.UploadChunk.FromString(raw)
             self.received += len(raw)
         upload_id = first.upload_id if first is not None else ""
-        try:
-            size = int(upload_id.split("-")[1])
-        except (IndexError, ValueError):
-            size = 0
+        return self.committed(upload_id, upload_size(upload_id))
+
+    def committed(self, upload_id: str, size: int, sha256: str = ""):
+        """The UploadResponse of a committed object of `size` bytes."""
         session = self.pb.UploadSession(upload_id=upload_id, file_size=size, uploaded_offset=size,
                                         state=self.pb.UploadSession.COMMITTED)
-        obj = self.pb.ObjectInfo(size=size, generation=upload_id)
+        obj = self.pb.ObjectInfo(size=size, sha256=sha256, generation=upload_id)
         return self.pb.UploadResponse(session=session, object=obj)
 
     async def download(self, request, context):
