@@ -17,6 +17,8 @@ same process layout. So this server has the node's shape and nothing else:
   of that repeated content, so clients verify exactly as against the node). Each message is
   serialised once per (offset, length) and cached (up to `--cache-mib` per worker), so a
   download sends prebuilt bytes: what remains is gRPC's own cost.
+* `--verify-sink`: Upload does what the node must do to every byte and nothing more (decode,
+  CRC-32, offsets, SHA-256 in a thread pool): tools/bench/verifying_sink.py says how.
 * Its workers run with glibc malloc tuned (MALLOC_TUNING below; `--plain-malloc` to compare).
 * GetNodeInfo answers with `worker_id` (so benches see how connections landed), StatObject,
   DeleteObject and the session calls answer trivially so the same client code works.
@@ -54,6 +56,14 @@ def server_options() -> list[tuple[str, object]]:
     from node.server import grpc_options
 
     return grpc_options(Settings())
+
+
+def upload_size(upload_id: str) -> int:
+    """The object size CreateUploadSession put in the upload_id (`bare-SIZE-...`); 0 if none."""
+    try:
+        return int(upload_id.split("-")[1])
+    except (IndexError, ValueError):
+        return 0
 
 
 # -- the worker (imports gRPC) ----------------------------------------------------------------
@@ -150,13 +160,13 @@ class BareServicer:
                 first = self.pb.UploadChunk.FromString(raw)
             self.received += len(raw)
         upload_id = first.upload_id if first is not None else ""
-        try:
-            size = int(upload_id.split("-")[1])
-        except (IndexError, ValueError):
-            size = 0
+        return self.committed(upload_id, upload_size(upload_id))
+
+    def committed(self, upload_id: str, size: int, sha256: str = ""):
+        """The UploadResponse of a committed object of `size` bytes."""
         session = self.pb.UploadSession(upload_id=upload_id, file_size=size, uploaded_offset=size,
                                         state=self.pb.UploadSession.COMMITTED)
-        obj = self.pb.ObjectInfo(size=size, generation=upload_id)
+        obj = self.pb.ObjectInfo(size=size, sha256=sha256, generation=upload_id)
         return self.pb.UploadResponse(session=session, object=obj)
 
     async def download(self, request, context):
@@ -229,7 +239,7 @@ class BareServicer:
 
 
 def worker_main(listen: str, worker_id: int, workers: int, object_size: int, chunk_size: int,
-                cache_bytes: int, conn, extra_options: tuple = ()) -> None:
+                cache_bytes: int, conn, extra_options: tuple = (), verify_sink: bool = False) -> None:
     """A spawned worker: its own grpc.aio server on the shared port; SIGTERM stops it."""
     import asyncio
 
@@ -241,7 +251,10 @@ def worker_main(listen: str, worker_id: int, workers: int, object_size: int, chu
 
     async def main() -> None:
         source = Source(object_size, chunk_size, cache_bytes)
-        servicer = BareServicer(oss_pb2, worker_id, workers, source, chunk_size)
+        servicer_class = BareServicer
+        if verify_sink:
+            from tools.bench.verifying_sink import VerifyingServicer as servicer_class
+        servicer = servicer_class(oss_pb2, worker_id, workers, source, chunk_size)
         server = grpc.aio.server(options=server_options() + list(extra_options))
         server.add_generic_rpc_handlers((servicer.handler(),))
         port = server.add_insecure_port(listen)
@@ -286,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="serialised download messages cached per worker (default %(default)s MiB)")
     p.add_argument("--grpc-arg", action="append", default=[], metavar="KEY=INT",
                    help="extra gRPC server option for experiments (repeatable), e.g. grpc.http2.bdp_probe=0")
+    p.add_argument("--verify-sink", action="store_true",
+                   help="Upload decodes each chunk, checks its CRC-32 and offset and hashes the "
+                        "object's SHA-256 in a pool, as the node does (tools/bench/verifying_sink.py)")
     p.add_argument("--plain-malloc", action="store_true",
                    help="do not give the workers the glibc malloc settings (MALLOC_TUNING)")
     args = p.parse_args(argv)
@@ -308,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         receiver, sender = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=worker_main, name=f"bare-worker-{worker_id}", args=(
             listen, worker_id, args.workers, args.object_size, args.chunk_size,
-            args.cache_mib * MiB, sender, extra))
+            args.cache_mib * MiB, sender, extra, args.verify_sink))
         proc.start()
         sender.close()
         workers.append((proc, receiver))

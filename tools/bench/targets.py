@@ -140,12 +140,16 @@ def spawn_node(workers: int, data_root: str = "", log_dir: str | None = None,
                   cwd=node_root or None, env=env).start()
 
 
-def spawn_bare(workers: int, object_size: int, chunk_size: int, log_dir: str | None = None) -> Target:
-    """The bare gRPC sink/source (tools.bench.bare_server) with `workers` processes."""
+def spawn_bare(workers: int, object_size: int, chunk_size: int, log_dir: str | None = None,
+               verify_sink: bool = False) -> Target:
+    """The bare gRPC sink/source (tools.bench.bare_server) with `workers` processes;
+    `verify_sink`: its Upload checks CRC-32s and hashes SHA-256 as the node does."""
     log_dir = log_dir or tempfile.mkdtemp(prefix="mini-oss-bench-logs-")
     command = [sys.executable, "-m", "tools.bench.bare_server", "--listen", "127.0.0.1:0",
                "--workers", str(workers), "--object-size", str(object_size),
                "--chunk-size", str(chunk_size)]
+    if verify_sink:
+        command.append("--verify-sink")
     return Target("bare", command, None, log_dir).start()
 
 
