@@ -78,6 +78,37 @@ def test_download_and_upload_against_the_bare_server(tmp_path):
         check_common(up, 4, 1 << 20)
 
 
+# -- compare: the node against bare gRPC, the verifying sink and the disk (tools.bench.compare) ----
+
+@pytest.mark.timeout(90)
+def test_compare_end_to_end_with_every_ceiling(tmp_path):
+    out = tmp_path / "compare.json"
+    proc = subprocess.run([sys.executable, "-m", "tools.bench.compare", "--spawn-node", "--workers", "1",
+                           *COMMON, "--count", "1", "--objects", "2", "--modes", "upload,download,cold,small",
+                           "--small-duration", "0.3", "--data-root", str(tmp_path), "--json", str(out)],
+                          capture_output=True, text=True, timeout=140)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    data = json.loads(out.read_text())
+    reports, disk = data["reports"], data["disk"]
+    assert set(reports["bare"]) == {"upload", "download"} and set(reports["verifying sink"]) == {"upload"}
+    assert set(reports["node"]) == {"upload", "download", "cold", "small"}
+    for side in reports.values():
+        for report in side.values():
+            assert FIELDS <= set(report) and report["errors"] == {}
+    # The cold phase: one distinct object per stream, page cache dropped, and the disk read
+    # ceiling read exactly those objects' files.
+    assert reports["node"]["cold"]["machine"]["cache_drop"] in ("drop_caches", "fadvise", "none")
+    check_common(reports["node"]["cold"], 4, 1 << 20)
+    assert disk["read"]["bytes"] == 4 << 20 and disk["read"]["cache_drop"]
+    assert disk["write"]["bytes"] == 4 << 20 and disk["small"]["ops"] > 0
+    assert reports["node"]["small"]["durable_commits_per_s"] > 0
+    assert set(data["ratios"]) == {"upload_per_verifying_sink", "upload_per_min_bare_disk", "download_per_bare",
+                                   "cold_per_min_bare_disk", "small_per_disk_loop",
+                                   "upload_rss_per_verifying_sink"}
+    assert all(value > 0 for value in data["ratios"].values())
+    assert "- cold_per_min_bare_disk:" in proc.stdout and "| cold download MB/s |" in proc.stdout
+
+
 # -- HTTP: the bare sendfile ceiling, node HTTP GET vs gRPC, tus (tools.bench.http_compare) ------
 
 HTTP_PHASES = {"bare sendfile GET", "bare tus sink", "node HTTP GET", "node gRPC download",

@@ -87,8 +87,9 @@ class BenchConfig:
         return dataclasses.replace(self, **changes)
 
 
-COLD_CACHE_HELP = ("download: skip the untimed read of each object before the run, so the node "
-                   "serves objects as an upload left them (written with O_DIRECT: not in the page cache)")
+COLD_CACHE_HELP = ("download: no warming read, and the page cache dropped (drop_caches, as root) "
+                   "just before the timed phase; with --objects >= concurrency x count every "
+                   "object is read once, from the disk (the header says which)")
 
 
 def _add(parser: argparse.ArgumentParser, *names: str, **kwargs) -> None:

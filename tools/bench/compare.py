@@ -1,25 +1,41 @@
-"""`python -m tools.bench.compare`: the node as a fraction of the bare-gRPC ceiling, in one session.
+"""`python -m tools.bench.compare`: the node against every ceiling that bounds it, in one session.
 
 Why: the machines are noisy and the load generator shares their cores, so a node figure is only
-meaningful next to the ceiling measured minutes apart with the same flags. This runs, in order:
+meaningful next to its ceilings measured minutes apart with the same flags — and a storage node
+has two kinds of ceiling: what gRPC itself does (the bare server) and what the disk does
+(tools.bench.disk_ceiling, on the node's own file system). Each mode's ratio is taken against
+the lower of the two. In order, for `--modes upload,download,cold,small` (default all but small):
 
-1. the bare server (tools.bench.bare_server, `--workers` processes): upload, then download;
-2. the node (started here with `--spawn-node` on a temp data dir with default settings and
-   `--workers`, or the one at `--addr`): upload, then download;
+1. the bare server (tools.bench.bare_server, `--workers` processes): upload (sink), then
+   download (source, from memory: the ceiling of warm and cold downloads alike);
+2. upload: the verifying sink (`bare_server --verify-sink`: CRC-32 of every chunk and the
+   object's SHA-256, the work no node may skip), same workers, same client;
+3. the node (`--spawn-node`: a temp data dir, default settings; or `--addr` with
+   `--node-data-dir`), each mode with its disk ceiling measured just before it:
+   - upload: N O_DIRECT writers with one fsync per file, then the node's upload;
+   - download: the node's warm download (`--objects` objects, read once untimed);
+   - cold: `--cold-objects` distinct objects (default one per stream, each read once), then
+     N readers of the node's own files of them (page cache dropped; buffered and O_DIRECT, the
+     better), then the node's download with the page cache dropped again;
+   - small: the bare loop write 16 KiB + fsync + rename + directory fsync at N threads for
+     `--small-duration` s, then the node's small-object uploads for as long.
 
-with `os.sync()` before every timed phase (so one phase's dirty pages are not written back
-during the next), then prints both and the ratios node/bare for throughput (upload ratio,
-download ratio). The upload run's objects are deleted afterwards; the download run fetches
-`--objects` objects (made untimed if missing). `--json PATH` writes every report and the ratios.
+`os.sync()` runs before every timed phase. The summary gives each mode's node figure, its
+ceilings and the ratios the issue's targets are stated in, and RSS per worker next to the
+sink's; `--json PATH` writes all of it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
-from tools.bench import runner, targets
-from tools.bench.cli import COLD_CACHE_HELP, build_parser, config_from_args, format_size
+from tools.bench import disk_ceiling, runner, targets
+from tools.bench.cli import COLD_CACHE_HELP, KiB, build_parser, config_from_args, format_size
+
+MODES = ("upload", "download", "cold", "small")
+MiB = 1024 * KiB
 
 
 def _parser():
@@ -27,64 +43,186 @@ def _parser():
     p.prog = "python -m tools.bench.compare"
     p.add_argument("--objects", type=int, default=8,
                    help="download: distinct objects every stream picks from (default %(default)s)")
+    p.add_argument("--cold-objects", type=int, default=0,
+                   help="cold: distinct objects, each read once (default: one per stream)")
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="download: skip the client's CRC-32 and SHA-256 checks")
-    p.add_argument("--cold-cache", action="store_true", help=COLD_CACHE_HELP)
-    p.add_argument("--modes", default="upload,download", help="which benches (default %(default)s)")
+    p.add_argument("--small-duration", type=float, default=10.0,
+                   help="small: seconds of the bare small-file loop and of the node's small uploads")
+    p.add_argument("--node-data-dir", default="",
+                   help="with --addr: the node's data dir (the disk ceilings run on its file system)")
+    p.add_argument("--modes", default="upload,download,cold", help=f"of {','.join(MODES)} (default %(default)s)")
+    p.epilog = f"cold: {COLD_CACHE_HELP}"
     return p
 
 
-def _phase(cfg, mode: str, addr: str, pid: int, labels: dict, objects: int, verify: bool) -> dict:
-    run_cfg = cfg.replace(mode=mode, addr=addr, spawn="", objects=objects, verify=verify,
-                          json_path="", run_id="")
-    print(f"\n=== {mode} ===", flush=True)
-    return runner.run_bench(run_cfg, node_pid=pid, labels=labels, sync=True)
+def _phase(cfg, addr: str, pid: int | None, labels: dict, title: str) -> dict:
+    print(f"\n=== {title} ===", flush=True)
+    return runner.run_bench(cfg.replace(addr=addr, spawn="", json_path="", run_id=""),
+                            node_pid=pid, labels=labels, sync=True)
+
+
+def _ceiling(title: str, measure) -> dict:
+    print(f"\n=== disk ceiling: {title} ===", flush=True)
+    os.sync()
+    result = measure()
+    shown = {k: (round(v, 1) if isinstance(v, float) else v) for k, v in result.items()}
+    print(shown, flush=True)
+    return result
+
+
+def _object_paths(data_dir: str, object_ids: list[str]) -> list[str]:
+    """The node's own files of these objects (its index entries point at them)."""
+    return [os.path.realpath(os.path.join(data_dir, "index", oid)) for oid in object_ids]
+
+
+def _rss_peak(report: dict | None) -> int | None:
+    workers = (report or {}).get("node", {}).get("workers") or []
+    return max((w["rss_peak_bytes"] for w in workers), default=None)
+
+
+def ratios(reports: dict, disk: dict) -> dict:
+    """The figures each target of the issue is stated in (None where a side is missing)."""
+    node, bare, sink = reports["node"], reports["bare"], reports["verifying sink"]
+
+    def rate(report: dict | None) -> float | None:
+        return report["mb_per_s"] if report else None
+
+    def over(a, b):
+        return a / b if a is not None and b else None
+
+    def lower(*values):
+        known = [v for v in values if v]
+        return min(known) if known else None
+
+    out = {
+        "upload_per_verifying_sink": over(rate(node.get("upload")), rate(sink.get("upload"))),
+        "upload_per_min_bare_disk": over(rate(node.get("upload")),
+                                         lower(rate(bare.get("upload")), disk.get("write", {}).get("mb_per_s"))),
+        "download_per_bare": over(rate(node.get("download")), rate(bare.get("download"))),
+        "cold_per_min_bare_disk": over(rate(node.get("cold")),
+                                       lower(rate(bare.get("download")), disk.get("read", {}).get("mb_per_s"))),
+        "small_per_disk_loop": over((node.get("small") or {}).get("durable_commits_per_s"),
+                                    disk.get("small", {}).get("ops_per_s")),
+        "upload_rss_per_verifying_sink": over(_rss_peak(node.get("upload")), _rss_peak(sink.get("upload"))),
+    }
+    return out
+
+
+TARGETS = {"upload_per_verifying_sink": 0.80, "upload_per_min_bare_disk": 0.5, "download_per_bare": 0.90,
+           "cold_per_min_bare_disk": 0.85, "small_per_disk_loop": 0.5}
+#: RSS is a ceiling, not a floor.
+RSS_TARGET = 1.2
+
+
+def summary(cfg, reports: dict, disk: dict, figures: dict) -> str:
+    def mb(report):
+        return f"{report['mb_per_s']:.0f}" if report else "-"
+
+    def rss(report):
+        peak = _rss_peak(report)
+        return f"{peak / MiB:.0f}" if peak else "-"
+
+    node, bare, sink = reports["node"], reports["bare"], reports["verifying sink"]
+    lines = [f"##### summary ({cfg.concurrency} streams x {format_size(cfg.file_size)}, "
+             f"{cfg.effective_channels} channels, {cfg.processes} client processes, {cfg.workers} workers; "
+             f"disk: {disk.get('file_system', '?')})",
+             "| mode | node | bare gRPC | verifying sink | disk | node RSS peak/worker MiB | sink RSS MiB |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    if "upload" in node:
+        lines.append(f"| upload MB/s | {mb(node['upload'])} | {mb(bare.get('upload'))} | {mb(sink.get('upload'))} "
+                     f"| {disk.get('write', {}).get('mb_per_s', 0):.0f} (O_DIRECT writers + fsync) "
+                     f"| {rss(node['upload'])} | {rss(sink.get('upload'))} |")
+    if "download" in node:
+        lines.append(f"| warm download MB/s | {mb(node['download'])} | {mb(bare.get('download'))} | | "
+                     f"| {rss(node['download'])} | |")
+    if "cold" in node:
+        read = disk.get("read", {})
+        lines.append(f"| cold download MB/s | {mb(node['cold'])} | {mb(bare.get('download'))} | "
+                     f"| {read.get('mb_per_s', 0):.0f} (buffered {read.get('buffered_mb_per_s') or 0:.0f}, "
+                     f"O_DIRECT {read.get('direct_mb_per_s') or 0:.0f}; cache {read.get('cache_drop')}) "
+                     f"| {rss(node['cold'])} | |")
+    if "small" in node:
+        lines.append(f"| small commits/s | {node['small'].get('durable_commits_per_s', 0):.0f} | | | "
+                     f"{disk.get('small', {}).get('ops_per_s', 0):.0f} (write+fsync+rename+dir fsync) "
+                     f"| {rss(node['small'])} | |")
+    lines.append("")
+    for name, value in figures.items():
+        if value is None:
+            continue
+        if name in TARGETS:
+            verdict = "met" if value >= TARGETS[name] else "NOT met"
+            lines.append(f"- {name}: {value:.2f} (target >= {TARGETS[name]}: {verdict})")
+        else:
+            verdict = "met" if value <= RSS_TARGET else "NOT met"
+            lines.append(f"- {name}: {value:.2f} (target <= {RSS_TARGET}: {verdict})")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     runner.stop_cleanly_on_signals()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    cfg = config_from_args("upload", args).replace(cold_cache=args.cold_cache)
-    reports: dict[str, dict[str, dict]] = {"bare": {}, "node": {}}
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown:
+        raise SystemExit(f"compare: unknown modes {unknown}; known: {', '.join(MODES)}")
+    cfg = config_from_args("upload", args).replace(objects=args.objects, verify=args.verify)
+    if cfg.spawn != "node" and not args.node_data_dir:
+        raise SystemExit("compare: the disk ceilings need the node's data dir: --spawn-node, or --node-data-dir")
+    reports: dict[str, dict[str, dict]] = {"bare": {}, "verifying sink": {}, "node": {}}
+    disk: dict[str, dict | str] = {}
 
-    print(f"compare: bare gRPC ceiling vs node, {cfg.workers} workers each", flush=True)
+    print(f"compare: node vs bare gRPC and the disk, {cfg.workers} workers each", flush=True)
     with targets.spawn_bare(cfg.workers, cfg.file_size, cfg.chunk_size) as bare:
         print(f"\n##### bare server (pid {bare.pid}) at {bare.addr}", flush=True)
-        for mode in modes:
-            reports["bare"][mode] = _phase(cfg, mode, bare.addr, bare.pid, bare.worker_labels(),
-                                           args.objects, args.verify)
-    if cfg.spawn == "node":
-        node = targets.spawn_node(cfg.workers, cfg.data_root, node_root=cfg.node_root,
-                                  env=cfg.node_env_dict)
-    else:
-        node = None
+        for mode in ("upload", "download"):
+            if mode in modes or (mode == "download" and "cold" in modes):
+                reports["bare"][mode] = _phase(cfg.replace(mode=mode), bare.addr, bare.pid,
+                                               bare.worker_labels(), f"bare {mode}")
+    if "upload" in modes:
+        with targets.spawn_bare(cfg.workers, cfg.file_size, cfg.chunk_size, verify_sink=True) as sink:
+            reports["verifying sink"]["upload"] = _phase(cfg.replace(mode="upload"), sink.addr, sink.pid,
+                                                         sink.worker_labels(), "verifying sink upload")
+
+    node = (targets.spawn_node(cfg.workers, cfg.data_root, node_root=cfg.node_root, env=cfg.node_env_dict)
+            if cfg.spawn == "node" else None)
     try:
         addr = node.addr if node else cfg.addr
         pid = node.pid if node else cfg.node_pid
         labels = node.worker_labels() if node else {}
-        print(f"\n##### node{f' (pid {pid})' if pid else ''} at {addr}", flush=True)
-        for mode in modes:
-            reports["node"][mode] = _phase(cfg, mode, addr, pid, labels, args.objects, args.verify)
+        data_dir = node.data_dir if node else args.node_data_dir
+        disk["file_system"] = disk_ceiling.file_system_of(data_dir)
+        print(f"\n##### node{f' (pid {pid})' if pid else ''} at {addr}, data dir on {disk['file_system']}",
+              flush=True)
+        if "upload" in modes:
+            disk["write"] = _ceiling("write", lambda: disk_ceiling.write_ceiling(
+                data_dir, cfg.concurrency, cfg.file_size))
+            reports["node"]["upload"] = _phase(cfg.replace(mode="upload"), addr, pid, labels, "node upload")
+        if "download" in modes:
+            reports["node"]["download"] = _phase(cfg.replace(mode="download"), addr, pid, labels,
+                                                 "node download (warm)")
+        if "cold" in modes:
+            cold = cfg.replace(mode="download", cold_cache=True, objects=args.cold_objects or cfg.concurrency,
+                               count=1, duration=None, addr=addr)
+            ids, _, _ = runner.prepare_downloads(cold, {})
+            disk["read"] = _ceiling("read (cold)", lambda: disk_ceiling.read_ceiling_best(
+                _object_paths(data_dir, ids), cfg.concurrency))
+            reports["node"]["cold"] = _phase(cold, addr, pid, labels, "node download (cold)")
+        if "small" in modes:
+            disk["small"] = _ceiling("small", lambda: disk_ceiling.small_file_ceiling(
+                data_dir, cfg.concurrency, duration=args.small_duration))
+            small = cfg.replace(mode="upload", small=True, file_size=16 * KiB, duration=args.small_duration,
+                                count=None)
+            reports["node"]["small"] = _phase(small, addr, pid, labels, "node small objects")
     finally:
         if node is not None:
             node.stop()
 
-    ratios = {mode: reports["node"][mode]["mb_per_s"] / reports["bare"][mode]["mb_per_s"]
-              for mode in modes if reports["bare"][mode]["mb_per_s"]}
-    print("\n##### summary: node / bare-gRPC ceiling "
-          f"({cfg.concurrency} streams x {format_size(cfg.file_size)}, {format_size(cfg.chunk_size)} chunks, "
-          f"{cfg.effective_channels} channels, {cfg.processes} client processes, {cfg.workers} workers)")
-    print(f"{'':10} {'bare MB/s':>10} {'node MB/s':>10} {'ratio':>7}  {'node p50':>9} {'node p99':>9}  errors")
-    for mode in modes:
-        b, n = reports["bare"][mode], reports["node"][mode]
-        errs = sum(b["errors"].values()) + sum(n["errors"].values())
-        print(f"{mode:10} {b['mb_per_s']:10.1f} {n['mb_per_s']:10.1f} {ratios.get(mode, 0):7.2f}  "
-              f"{n['latency_s']['p50'] or 0:8.2f}s {n['latency_s']['p99'] or 0:8.2f}s  {errs}")
-    print("ratios: " + ", ".join(f"{mode} {ratio:.2f}" for mode, ratio in ratios.items()))
+    figures = ratios(reports, disk)
+    print("\n" + summary(cfg, reports, disk, figures), flush=True)
     if cfg.json_path:
         with open(cfg.json_path, "w") as fh:
-            json.dump({"reports": reports, "ratios": ratios}, fh, indent=2, sort_keys=True)
+            json.dump({"reports": reports, "disk": disk, "ratios": figures}, fh, indent=2, sort_keys=True)
     return 1 if any(r["errors"] for side in reports.values() for r in side.values()) else 0
 
 

@@ -34,7 +34,7 @@ import psutil
 
 from node.checksums import crc32
 
-from tools.bench import procmetrics, stats, targets
+from tools.bench import disk_ceiling, procmetrics, stats, targets
 from tools.bench.cli import BenchConfig
 from tools.bench.driver import ProcessResult, client_main
 from tools.bench.workload import ContentPool, download_object_id
@@ -187,6 +187,9 @@ def run_bench(cfg: BenchConfig, *, node_pid: int | None = None, labels: dict[int
     if cfg.mode == "download":
         ids, size, shas = prepare_downloads(cfg, target)
         cfg = cfg.replace(file_size=size)
+    if cfg.mode == "download" and cfg.cold_cache:
+        # Cold means cold: what earlier phases (and the set-up uploads) left cached goes.
+        machine["cache_drop"] = disk_ceiling.drop_page_cache([])
     if sync:
         # Write back earlier phases' dirty pages now, not during the timed phase.
         started = time.monotonic()

@@ -123,6 +123,18 @@ def _dist(d: dict) -> str:
     return "  ".join(f"{k} {_fmt_s(d[k])}" for k in ("p50", "p90", "p99", "max"))
 
 
+def _cold_cache_note(cfg: BenchConfig, machine: dict) -> str:
+    how = machine.get("cache_drop", "none")
+    note = (f", page cache cold (dropped by {how} before the timed phase)" if how != "none" else
+            ", page cache NOT dropped (that needs root): only a working set larger than memory is cold")
+    reads = cfg.objects_per_stream
+    if cfg.object_id or reads is None or cfg.objects < cfg.concurrency * reads:
+        note += ", streams share objects (a second read of one may find it cached)"
+    else:
+        note += f", {cfg.concurrency * reads} distinct objects, each read once"
+    return note
+
+
 def header(cfg: BenchConfig, target: dict, machine: dict) -> str:
     per = (f"{cfg.objects_per_stream} object(s) per stream" if cfg.duration is None else
            f"new objects for {cfg.duration:g} s" + (f" (at most {cfg.count} per stream)" if cfg.count else ""))
@@ -133,7 +145,7 @@ def header(cfg: BenchConfig, target: dict, machine: dict) -> str:
         f"{format_size(cfg.chunk_size)} chunks, {cfg.effective_channels} channels, "
         f"{cfg.processes} client processes"
         + (", verification " + ("ON (CRC-32 per chunk, SHA-256 per object)" if cfg.verify else "OFF")
-           + (", page cache cold (no warming read)" if cfg.cold_cache
+           + (_cold_cache_note(cfg, machine) if cfg.cold_cache
               else ", page cache warmed (one untimed read per object)")
            if cfg.mode == "download" else
            ", CRC-32 on every chunk, distinct contents per object"

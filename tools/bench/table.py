@@ -10,6 +10,9 @@ import json
 import sys
 
 MiB = 1024 ** 2
+#: The ratio shown on a node row: against the ceiling the issue's target names for that mode.
+RATIO_OF_MODE = {"upload": "upload_per_verifying_sink", "download": "download_per_bare",
+                 "cold": "cold_per_min_bare_disk", "small": "small_per_disk_loop"}
 
 
 def _ms(value: float | None) -> str:
@@ -20,12 +23,14 @@ def rows(path: str) -> list[str]:
     with open(path) as fh:
         data = json.load(fh)
     out = []
-    for side in ("bare", "node"):
+    for side in ("bare", "verifying sink", "node"):
         reports = data["reports"].get(side, {})
         for mode in sorted(reports, key=lambda m: (m != "upload", m)):
             r = reports[mode]
             cfg, node, client = r["config"], r["node"], r["client"]
-            ratio = data["ratios"].get(mode) if side == "node" else None
+            # Older files hold node/bare per mode; newer ones the issue-13 figures (compare.ratios).
+            ratio = (data["ratios"].get(mode, data["ratios"].get(RATIO_OF_MODE.get(mode, "")))
+                     if side == "node" else None)
             rss = " / ".join(f"{w['rss_peak_bytes'] / MiB:.0f}" for w in node.get("workers", []))
             first = r.get("first_byte_s") or {}
             errors = sum(r["errors"].values())
@@ -39,7 +44,7 @@ def rows(path: str) -> list[str]:
     return out
 
 
-HEADER = ("| client procs | channels | target | mode | MB/s | MiB/s | node/bare | p50 | p99 | first byte p50 | "
+HEADER = ("| client procs | channels | target | mode | MB/s | MiB/s | node/ceiling | p50 | p99 | first byte p50 | "
           "server cores (CPU-s/GB) | server RSS peak per worker, MiB | client cores (CPU-s/GB) | "
           "streams per worker | errors |\n"
           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
