@@ -90,20 +90,29 @@ def test_read_ceiling_best_keeps_the_better_run(files):
     assert result["mb_per_s"] == max(result["buffered_mb_per_s"], result["direct_mb_per_s"])
 
 
-def refusing_directory() -> str | None:
-    """A directory whose file system refuses O_DIRECT: MINI_OSS_TEST_NO_O_DIRECT_DIR (e.g. a ramfs
-    mount), else /dev/shm where tmpfs still refuses it (before Linux 6.6)."""
-    for candidate in (os.environ.get("MINI_OSS_TEST_NO_O_DIRECT_DIR", ""), "/dev/shm"):
-        if candidate and os.path.isdir(candidate) and not takes_o_direct(candidate):
-            return candidate
-    return None
+@pytest.fixture
+def refusing_directory(tmp_path):
+    """A directory whose file system refuses O_DIRECT: MINI_OSS_TEST_NO_O_DIRECT_DIR if set, else
+    a ramfs mounted here for the test (ramfs has no O_DIRECT; tmpfs takes it since Linux 6.6)."""
+    given = os.environ.get("MINI_OSS_TEST_NO_O_DIRECT_DIR", "")
+    if given:
+        assert not takes_o_direct(given), f"{given} takes O_DIRECT"
+        yield given
+        return
+    mount_point = tmp_path / "ramfs"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "ramfs", "ramfs", str(mount_point)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a ramfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        assert not takes_o_direct(str(mount_point)), "this ramfs takes O_DIRECT"
+        yield str(mount_point)
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
 
 
-def test_o_direct_refused_names_the_file_system_and_reads_fall_back_to_buffered():
-    where = refusing_directory()
-    if where is None:
-        pytest.skip("no file system here refuses O_DIRECT (tmpfs takes it since Linux 6.6); "
-                    "set MINI_OSS_TEST_NO_O_DIRECT_DIR to e.g. a ramfs mount")
+def test_o_direct_refused_names_the_file_system_and_reads_fall_back_to_buffered(refusing_directory):
+    where = refusing_directory
     fs_type = disk_ceiling.file_system_of(where).split()[0]
     with tempfile.TemporaryDirectory(dir=where) as directory:
         path = os.path.join(directory, "object")
