@@ -162,6 +162,46 @@ def test_delete_records_garbage_and_with_object_sees_the_current_row(catalog):
     assert ("objects", removed.disk_name) in catalog.garbage(10_000)
 
 
+def test_writes_at_the_same_moment_fail_alone_and_the_rest_commit(pool, catalog):
+    """SQLite commits the writes that wait together in one transaction, each in a savepoint:
+    one that fails (here a duplicate upload id) must take nothing else down with it."""
+    catalog.insert_session(session("taken"))
+    failed: list[str] = []
+    start = threading.Barrier(24)
+
+    def insert(i: int) -> None:
+        upload_id = "taken" if i % 4 == 0 else f"batch{i:02d}"
+        start.wait()
+        try:
+            pool.get().insert_session(session(upload_id, object_id=f"o{i}"))
+        except Exception:  # the backend's own unique-violation error
+            failed.append(upload_id)
+    threads = [threading.Thread(target=insert, args=(i,)) for i in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failed == ["taken"] * 6
+    assert {s.upload_id for s in catalog.sessions_in_state(State.ACTIVE)} == \
+        {"taken"} | {f"batch{i:02d}" for i in range(24) if i % 4}
+    assert catalog.get_session("taken").object_id == "obj"  # the first one's row, untouched
+
+
+@pytest.mark.timeout(30)
+def test_a_write_made_inside_with_object_joins_it(catalog):
+    """Recovery forgets a lost object's row from inside the transaction that holds the object:
+    on SQLite that once failed ("cannot start a transaction within a transaction"), and must
+    never wait for itself."""
+    catalog.insert_session(session("w1", object_id="lost"))
+    catalog.commit_object("w1", version("lost", "w1"), 1, 99, lambda cur: None, lambda o: None)
+
+    def forget(current: ObjectRecord | None) -> bool:
+        catalog.drop_object_row(current.object_id)
+        return True
+    assert catalog.with_object("lost", forget) is True
+    assert catalog.get_object("lost") is None
+
+
 def test_expiry_listing_and_forgetting_ended_sessions(catalog):
     catalog.insert_session(session("old", expires_at_ms=5))
     catalog.insert_session(session("new", expires_at_ms=5000))

@@ -73,8 +73,8 @@ def fuzz_node(tmp_path_factory):
     assert node.proc.poll() is None, "the node died during fuzzing"
     assert sorted(os.listdir(root)) == before, "something was created outside the data dir"
     outside = [p for p in os.listdir(root / "data") if p not in
-               ("parts", "objects", "index", "catalog.db", "catalog.db-wal", "catalog.db-shm", ".sweep.lock",
-                "mini-oss.lock", "catalog-id", "url-signing.key")]
+               ("parts", "objects", "index", "catalog.db", "catalog.db-wal", "catalog.db-shm",
+                ".catalog-write.lock", ".sweep.lock", "mini-oss.lock", "catalog-id", "url-signing.key")]
     assert outside == []
     node.stop()
 

@@ -26,6 +26,7 @@ import pytest
 from contract import held_stream, wait_until
 
 from node.client import NO_RETRY, Client
+from node.errors import ObjectNotFound
 from node.pb import oss_pb2 as pb
 from node.status import from_rpc_error
 
@@ -184,6 +185,24 @@ def test_files_the_catalog_does_not_know_are_quarantined_not_deleted(node_factor
     assert not empty_part.exists(), "an empty part holds no bytes: removed"
     with Client(node.addr) as client:
         assert client.stat("real").size == len(b"real bytes")
+
+
+def test_an_object_whose_file_was_lost_is_forgotten_at_start_and_the_rest_serve(node_factory):
+    node = node_factory(workers=1)
+    with Client(node.addr) as client:
+        put(client, "kept", b"kept bytes")
+        put(client, "lost", b"lost bytes")
+    node.stop()
+    entry = node.data_dir / "index" / "lost"
+    os.unlink(node.data_dir / "index" / os.readlink(entry))  # someone removed the object's file
+    node.start()  # recovery forgets the row inside the transaction that holds the object
+    assert not os.path.lexists(entry)
+    with Client(node.addr) as client:
+        with pytest.raises(ObjectNotFound):
+            client.stat("lost")
+        assert client.stat("kept").size == len(b"kept bytes")
+        put(client, "lost", b"new bytes")  # the id is free again
+        assert client.stat("lost").size == len(b"new bytes")
 
 
 # -- finding 9: the if_absent commit race ------------------------------------------------------
