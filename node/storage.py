@@ -207,9 +207,23 @@ class Storage:
 
     def publish(self, object_id: str, disk_name: str) -> None:
         """Point index/<object_id> at objects/<disk_name>, replacing any old entry atomically."""
-        tmp = os.path.join(self.layout.index, f".tmp.{object_id}.{secrets.token_hex(6)}")
-        os.symlink(os.path.join("..", OBJECTS, disk_name), tmp)
-        os.rename(tmp, self.layout.index_entry(object_id))
+        self.publish_staged(object_id, self.stage_index_entry(object_id, disk_name))
+
+    def stage_index_entry(self, object_id: str, disk_name: str) -> str:
+        """A new index entry for `object_id`, made but not yet in place (`publish_staged` puts
+        it there; `discard_staged` drops it). Making it allocates an inode, which is slow on a
+        busy file system: a commit does it before it takes the catalog's write lock."""
+        staged = os.path.join(self.layout.index, f".tmp.{object_id}.{secrets.token_hex(6)}")
+        os.symlink(os.path.join("..", OBJECTS, disk_name), staged)
+        return staged
+
+    def publish_staged(self, object_id: str, staged: str) -> None:
+        os.rename(staged, self.layout.index_entry(object_id))
+
+    @staticmethod
+    def discard_staged(staged: str) -> None:
+        """Drop a staged entry that was not put in place (nothing if it was)."""
+        _unlink_if_present(staged)
 
     def unpublish(self, object_id: str) -> None:
         _unlink_if_present(self.layout.index_entry(object_id))

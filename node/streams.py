@@ -249,15 +249,19 @@ class UploadStream:
             check_preconditions(current.generation if current else None, rec.if_absent,
                                 rec.if_generation_match)
 
+        staged = ""  # the new index entry, made before the catalog's write lock is taken
+
         def publish(o: ObjectRecord) -> None:
-            store.storage.publish(o.object_id, o.disk_name)
+            store.storage.publish_staged(o.object_id, staged)
             failpoints.hit("commit_published")
 
         try:
+            staged = store.storage.stage_index_entry(obj.object_id, disk_name)
             replaced = store.catalog.commit_object(
                 rec.upload_id, obj, now, now + store.ttl_ms, check, publish,
                 [(s.upload_id, (PARTS, store.part_name(s))) for s in slices])
         except (ObjectExists, GenerationMismatch):
+            store.storage.discard_staged(staged)
             # Still holding the claim: end the session (its promoted file becomes garbage in
             # the same transaction), then free the file, then let go. A claimer that comes
             # after the release finds an ended session, never an ACTIVE one without bytes.
@@ -273,6 +277,8 @@ class UploadStream:
             raise
         except BaseException:
             # The transaction rolled back: put the bytes back where a resume expects them.
+            if staged:
+                store.storage.discard_staged(staged)
             store.repair_index(rec.object_id)
             store.storage.demote(disk_name, store.part_name(rec))
             self.claim.path = store.storage.layout.part(store.part_name(rec))
