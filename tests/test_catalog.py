@@ -47,6 +47,15 @@ def session(upload_id: str, object_id: str = "obj", client: str = "c", **kw) -> 
     return SessionRecord(**values)
 
 
+def in_threads(target, args) -> None:
+    """target(arg) for every arg, each in a thread of its own, all at once; wait for all."""
+    threads = [threading.Thread(target=target, args=(arg,)) for arg in args]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def version(object_id: str, generation: str) -> ObjectRecord:
     return ObjectRecord(object_id=object_id, generation=generation, file_name="f.bin", size=10,
                         sha256="ab" * 32, content_type="text/plain", metadata={"m": "1"},
@@ -85,11 +94,7 @@ def test_session_caps_never_overshoot_under_concurrent_inserts(pool, catalog):
             pool.get().insert_session(session(f"cap{i:02d}", client=f"c{i % 2}"), max_active=7)
         except TooManySessions as exc:
             errors.append(exc)
-    threads = [threading.Thread(target=insert, args=(i,)) for i in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    in_threads(insert, range(20))
     assert catalog.count_active() == 7 and len(errors) == 13
     with pytest.raises(TooManySessions):
         catalog.insert_session(session("percl", client="c0"), max_per_client=catalog.count_active("c0"))
@@ -144,11 +149,7 @@ def test_concurrent_if_absent_commits_of_one_object_let_exactly_one_win(pool, ca
             outcomes.append("won")
         except ObjectExists:
             outcomes.append("lost")
-    threads = [threading.Thread(target=commit, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    in_threads(commit, range(6))
     assert sorted(outcomes) == ["lost"] * 5 + ["won"]
 
 
@@ -176,11 +177,7 @@ def test_writes_at_the_same_moment_fail_alone_and_the_rest_commit(pool, catalog)
             pool.get().insert_session(session(upload_id, object_id=f"o{i}"))
         except Exception:  # the backend's own unique-violation error
             failed.append(upload_id)
-    threads = [threading.Thread(target=insert, args=(i,)) for i in range(24)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    in_threads(insert, range(24))
     assert failed == ["taken"] * 6
     assert {s.upload_id for s in catalog.sessions_in_state(State.ACTIVE)} == \
         {"taken"} | {f"batch{i:02d}" for i in range(24) if i % 4}
@@ -225,10 +222,6 @@ def test_postgres_nodes_starting_at_once_create_one_schema(postgres_server):
             backend.prepare()
         except BaseException as exc:  # reported below
             failures.append(exc)
-    threads = [threading.Thread(target=prepare, args=(b,)) for b in backends]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    in_threads(prepare, backends)
     assert failures == []
     assert len({b.catalog_id() for b in backends}) == 1
