@@ -58,12 +58,14 @@ BACKOFF_START, BACKOFF_MAX, STABLE_SECONDS = 0.5, 10.0, 30.0
 DRAIN_MARGIN = 10.0
 #: glibc malloc settings for the workers (read at process start, so set before spawning):
 #: keep 1 MiB chunk buffers in the heap instead of mmap/munmap per buffer (on these VMs
-#: touching fresh pages costs ~1 ms per MiB), don't hand freed memory straight back, and cap
-#: the per-thread arenas that otherwise multiply RSS under gRPC's and our threads.
+#: touching fresh pages costs ~1 ms per MiB), don't hand freed memory straight back, and one
+#: arena: chunk buffers are allocated by gRPC's and the pool's threads and freed by others, and
+#: with two arenas each kept its own high-water mark (16 uploads on one worker: 174 MiB peak
+#: with two, 155 with one, the same MB/s; tools/bench/RESULTS.md).
 WORKER_MALLOC_ENV = {
     "MALLOC_MMAP_THRESHOLD_": str(32 * 1024 * 1024),
     "MALLOC_TRIM_THRESHOLD_": str(1024 * 1024 * 1024),
-    "MALLOC_ARENA_MAX": "2",
+    "MALLOC_ARENA_MAX": "1",
 }
 
 
