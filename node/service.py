@@ -278,6 +278,11 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
                 if writing is not None:
                     await writing
                 writing = self._write(stream, msg)
+                if self.active_streams > self.store.settings.io_threads:
+                    # Every pool thread has other streams' chunks to write: receiving this
+                    # stream's next chunk early gains nothing and holds a chunk per stream.
+                    await writing
+                    writing = None
                 msg = await self._next_chunk(context)
             if writing is not None:
                 await writing

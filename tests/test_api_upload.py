@@ -723,3 +723,22 @@ def test_commit_layout_objects_file_and_relative_index_symlink(node, stub):
     final = node.data_dir / "objects" / f"noext_README_{resp.session.upload_id}"
     assert final.is_file()
     assert os.readlink(index_link(node.data_dir, "noext")) == f"../objects/{final.name}"
+
+
+def test_more_streams_than_pool_threads_each_commit_their_exact_bytes(node_factory):
+    """With more upload streams than I/O threads, a stream stops receiving its next chunk
+    while its last one is written (memory per stream); every byte still lands, in order."""
+    import concurrent.futures
+
+    node = node_factory(workers=1, io_threads=1)
+    stub = node.stub()
+    datas = [payload(300 * KiB + i, i) for i in range(4)]
+    sessions = [create(stub, f"busy{i}", d) for i, d in enumerate(datas)]
+
+    def send(i: int) -> pb.UploadResponse:
+        return upload_data(stub, sessions[i].upload_id, datas[i], 16 * KiB)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(send, range(4)))
+    for data, resp in zip(datas, responses):
+        assert resp.session.state == COMMITTED and resp.object.sha256 == sha256_hex(data)
+        assert download_all(stub, resp.object.object_id).data == data
