@@ -104,7 +104,7 @@ def test_compare_end_to_end_with_every_ceiling(tmp_path):
     assert reports["node"]["small"]["durable_commits_per_s"] > 0
     assert set(data["ratios"]) == {"upload_per_verifying_sink", "upload_per_min_bare_disk", "download_per_bare",
                                    "cold_per_min_bare_disk", "small_per_disk_loop",
-                                   "upload_rss_per_verifying_sink"}
+                                   "upload_rss_per_bare_sink", "upload_rss_per_verifying_sink"}
     assert all(value > 0 for value in data["ratios"].values())
     assert "- cold_per_min_bare_disk:" in proc.stdout and "| cold download MB/s |" in proc.stdout
 

@@ -104,6 +104,7 @@ def ratios(reports: dict, disk: dict) -> dict:
                                        lower(rate(bare.get("download")), disk.get("read", {}).get("mb_per_s"))),
         "small_per_disk_loop": over((node.get("small") or {}).get("durable_commits_per_s"),
                                     disk.get("small", {}).get("ops_per_s")),
+        "upload_rss_per_bare_sink": over(_rss_peak(node.get("upload")), _rss_peak(bare.get("upload"))),
         "upload_rss_per_verifying_sink": over(_rss_peak(node.get("upload")), _rss_peak(sink.get("upload"))),
     }
     return out
@@ -127,12 +128,12 @@ def summary(cfg, reports: dict, disk: dict, figures: dict) -> str:
     lines = [f"##### summary ({cfg.concurrency} streams x {format_size(cfg.file_size)}, "
              f"{cfg.effective_channels} channels, {cfg.processes} client processes, {cfg.workers} workers; "
              f"disk: {disk.get('file_system', '?')})",
-             "| mode | node | bare gRPC | verifying sink | disk | node RSS peak/worker MiB | sink RSS MiB |",
+             "| mode | node | bare gRPC | verifying sink | disk | node RSS peak/worker MiB | bare / verifying sink RSS MiB |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     if "upload" in node:
         lines.append(f"| upload MB/s | {mb(node['upload'])} | {mb(bare.get('upload'))} | {mb(sink.get('upload'))} "
                      f"| {disk.get('write', {}).get('mb_per_s', 0):.0f} (O_DIRECT writers + fsync) "
-                     f"| {rss(node['upload'])} | {rss(sink.get('upload'))} |")
+                     f"| {rss(node['upload'])} | {rss(bare.get('upload'))} / {rss(sink.get('upload'))} |")
     if "download" in node:
         lines.append(f"| warm download MB/s | {mb(node['download'])} | {mb(bare.get('download'))} | | "
                      f"| {rss(node['download'])} | |")
