@@ -31,6 +31,13 @@ def start_sink(tmp_path, verify: bool):
                       log_dir=str(tmp_path), verify_sink=verify)
 
 
+@pytest.fixture(scope="module")
+def verifying_sink(tmp_path_factory):
+    """One verifying sink for the module (it keeps no state between streams)."""
+    with start_sink(tmp_path_factory.mktemp("sink"), verify=True) as sink:
+        yield sink
+
+
 def raw_upload(addr: str, chunks: list[oss_pb2.UploadChunk], size: int) -> oss_pb2.UploadResponse:
     """Create a session of `size` bytes and send `chunks` (the first gets its upload_id)."""
     with grpc.insecure_channel(addr) as channel:
@@ -45,40 +52,37 @@ def chunk(offset: int, data: bytes, crc32: int) -> oss_pb2.UploadChunk:
     return oss_pb2.UploadChunk(offset=offset, data=data, crc32=crc32)
 
 
-def test_the_client_gets_the_sha256_of_what_it_sent(tmp_path):
+def test_the_client_gets_the_sha256_of_what_it_sent(tmp_path, verifying_sink):
     data = random.Random(1).randbytes(3 * MiB + 12345)  # a short last chunk
     source = tmp_path / "object.bin"
     source.write_bytes(data)
-    with start_sink(tmp_path, verify=True) as sink:
-        with Client(sink.addr) as client:
-            info = client.upload(str(source), "object", chunk_size=256 * KiB)
+    with Client(verifying_sink.addr) as client:
+        info = client.upload(str(source), "object", chunk_size=256 * KiB)
     assert info.size == len(data)
     assert info.sha256 == hashlib.sha256(data).hexdigest()
 
 
-def test_a_wrong_crc32_ends_the_stream_with_checksum_mismatch(tmp_path):
+def test_a_wrong_crc32_ends_the_stream_with_checksum_mismatch(verifying_sink):
     data = b"x" * (64 * KiB)
     good = chunk(0, data, crc32(data))
     bad = chunk(len(data), data, crc32(data) ^ 1)
-    with start_sink(tmp_path, verify=True) as sink:
-        with pytest.raises(grpc.RpcError) as caught:
-            raw_upload(sink.addr, [good, bad], 2 * len(data))
+    with pytest.raises(grpc.RpcError) as caught:
+        raw_upload(verifying_sink.addr, [good, bad], 2 * len(data))
     err = from_rpc_error(caught.value)
     assert isinstance(err, errors.ChecksumMismatch)  # DATA_LOSS, as the node answers
     assert err.metadata["offset"] == str(len(data))
 
 
-def test_a_gap_and_a_wrong_sha256_are_refused_like_the_node_does(tmp_path):
+def test_a_gap_and_a_wrong_sha256_are_refused_like_the_node_does(verifying_sink):
     data = b"y" * (64 * KiB)
     crc = crc32(data)
-    with start_sink(tmp_path, verify=True) as sink:
-        with pytest.raises(grpc.RpcError) as gap:
-            raw_upload(sink.addr, [chunk(0, data, crc), chunk(2 * len(data), data, crc)],
-                       3 * len(data))
-        wrong = chunk(0, data, crc)
-        wrong.sha256 = "0" * 64
-        with pytest.raises(grpc.RpcError) as mismatch:
-            raw_upload(sink.addr, [wrong], len(data))
+    with pytest.raises(grpc.RpcError) as gap:
+        raw_upload(verifying_sink.addr, [chunk(0, data, crc), chunk(2 * len(data), data, crc)],
+                   3 * len(data))
+    wrong = chunk(0, data, crc)
+    wrong.sha256 = "0" * 64
+    with pytest.raises(grpc.RpcError) as mismatch:
+        raw_upload(verifying_sink.addr, [wrong], len(data))
     assert isinstance(from_rpc_error(gap.value), errors.OffsetMismatch)
     assert isinstance(from_rpc_error(mismatch.value), errors.Sha256Mismatch)
 
