@@ -537,3 +537,35 @@ def held_stream(stub, upload_id: str, data: bytes, probe=None):
         if not call.done():
             return call, q
     raise AssertionError("the stream never got hold of the session")
+
+
+# --- upload contract helpers (test_api_upload*.py) ---------------------------------------
+
+#: The chunk size of the upload contract tests.
+CHUNK = 4 * KiB
+
+
+def check_failed(stub, node, upload_id: str, caught) -> pb.UploadSession:
+    """The rule for every failed Upload: the error's uploaded_offset is the durable one that
+    GetUploadSession reports afterwards, and nothing past it is kept."""
+    offset = caught.uploaded_offset
+    session = get_session(stub, upload_id)
+    assert session.uploaded_offset == offset, (
+        f"error said uploaded_offset={offset}, GetUploadSession says {session.uploaded_offset}")
+    if session.state == ACTIVE:
+        assert part_size(node.data_dir, upload_id) <= offset, (
+            f"part file holds {part_size(node.data_dir, upload_id)} bytes past "
+            f"uploaded_offset={offset}")
+    return session
+
+
+def finish(stub, upload_id: str, data: bytes, chunk: int = CHUNK) -> pb.UploadResponse:
+    """Resume from the session's uploaded_offset and check the committed object is `data`."""
+    start = get_session(stub, upload_id).uploaded_offset
+    resp = upload_data(stub, upload_id, data, chunk, start=start)
+    assert resp.session.state == COMMITTED, resp.session
+    assert resp.object.sha256 == sha256_hex(data)
+    assert resp.object.size == len(data)
+    got = download_all(stub, resp.object.object_id)
+    assert got.data == data
+    return resp
