@@ -197,7 +197,10 @@ class Storage:
         except OSError as exc:
             _raise_typed(exc, "no space left to commit the object")
         target = self.layout.object(disk_name)
-        os.rename(claim.path, target)
+        try:
+            os.rename(claim.path, target)  # a new name may need a new directory block
+        except OSError as exc:
+            _raise_typed(exc, "no space left to commit the object")
         claim.path = target
         self.fsync_dir(self.layout.objects)
 
@@ -214,7 +217,10 @@ class Storage:
         it there; `discard_staged` drops it). Making it allocates an inode, which is slow on a
         busy file system: a commit does it before it takes the catalog's write lock."""
         staged = os.path.join(self.layout.index, f".tmp.{object_id}.{secrets.token_hex(6)}")
-        os.symlink(os.path.join("..", OBJECTS, disk_name), staged)
+        try:
+            os.symlink(os.path.join("..", OBJECTS, disk_name), staged)
+        except OSError as exc:
+            _raise_typed(exc, "no space left to commit the object")
         return staged
 
     def publish_staged(self, object_id: str, staged: str) -> None:

@@ -147,6 +147,50 @@ def test_disk_full_keeps_the_node_serving_and_the_session_resumes_when_space_is_
         assert got.read_bytes() == big
 
 
+@pytest.fixture
+def few_inodes(tmp_path):
+    """A loop-mounted 16 MiB ext4 with 64 inodes: space for bytes, but new files really fail
+    with ENOSPC once the inodes are gone (mounting needs root, which CI has)."""
+    image, mount_point = tmp_path / "fs.img", tmp_path / "fs"
+    mount_point.mkdir()
+    subprocess.run(["truncate", "-s", "16M", str(image)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-N", "64", "-F", str(image)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mount_point)], check=True)
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_a_commit_that_cannot_make_its_index_entry_is_disk_full_and_commits_later(node_factory, few_inodes):
+    """The commit's index entry needs an inode (rename into objects/ may need a directory block):
+    ENOSPC there is DISK_FULL like every other write, never INTERNAL, and the session commits
+    once there is room again."""
+    node = node_factory(data_dir=few_inodes / "data", workers=1, env={"MINI_OSS_DISK_RESERVE": "0"})
+    stub = node.stub()
+    data = os.urandom(64 * 1024)
+    s = stub.CreateUploadSession(pb.CreateUploadSessionRequest(object_id="late", file_name="l",
+                                                               file_size=len(data)))
+    fillers = few_inodes / "fillers"
+    fillers.mkdir()
+    taken = 0
+    while True:  # take every inode left
+        try:
+            (fillers / str(taken)).touch()
+        except OSError:
+            break
+        taken += 1
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Upload(iter([chunk(s.upload_id, 0, data)]))
+    err = from_rpc_error(caught.value)
+    assert (err.code, err.reason) == ("RESOURCE_EXHAUSTED", "DISK_FULL"), err
+    assert stub.GetUploadSession(pb.GetUploadSessionRequest(upload_id=s.upload_id)).state == \
+        pb.UploadSession.ACTIVE
+    for name in os.listdir(fillers):
+        os.unlink(fillers / name)
+    done = stub.Upload(iter([chunk(s.upload_id, 0, data)]))  # bytes already there are ignored
+    assert done.object.sha256 == hashlib.sha256(data).hexdigest()
+    assert b"".join(c.data for c in stub.Download(pb.DownloadRequest(object_id="late"))) == data
+
+
 # The test's probe holds the session for a moment too, so a stream of ours that meets it is
 # refused as busy: start another until one holds the session (then it never ends on its own).
 VANISHING_CLIENT = textwrap.dedent("""
