@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import platform
 
 #: cachestat's number; the generic syscall table gives it every architecture's same number.
@@ -55,7 +56,7 @@ def cached_pages(fd: int, offset: int, length: int) -> int | None:
         return None
     span, stat = _Range(offset, length), _Stat()
     if _call(_CACHESTAT, fd, ctypes.byref(span), ctypes.byref(stat), 0) != 0:
-        if ctypes.get_errno() in (38, 95):  # ENOSYS, EOPNOTSUPP: not on this kernel at all
+        if ctypes.get_errno() in (errno.ENOSYS, errno.EOPNOTSUPP):  # not on this kernel at all
             _supported = False
         return None
     return stat.nr_cache

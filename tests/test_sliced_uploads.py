@@ -250,6 +250,13 @@ def test_every_slice_takes_a_place_under_the_session_limits(node_factory):
     assert len(create(stub, "sliced-cap4", 8 * CHUNK, chunk_size=CHUNK, slices=4).slices) == 4
 
 
+def assert_an_old_plain_session(catalog) -> None:
+    """A session written before schema 3 reads as a plain session with no slices."""
+    rec = catalog.get_session("u1")
+    assert (rec.slices, rec.parent_id, rec.slice_offset) == (0, "", 0)
+    assert catalog.slices_of("u1") == []
+
+
 def test_a_catalog_from_before_slices_gains_their_columns(tmp_path):
     db = sqlite3.connect(tmp_path / "catalog.db")
     db.executescript(SCHEMA)  # the sessions table as schema version 2 made it
@@ -260,9 +267,7 @@ def test_a_catalog_from_before_slices_gains_their_columns(tmp_path):
     Catalog.prepare(str(tmp_path))
     catalog = Catalog(str(tmp_path))
     try:
-        rec = catalog.get_session("u1")
-        assert (rec.slices, rec.parent_id, rec.slice_offset) == (0, "", 0)
-        assert catalog.slices_of("u1") == []
+        assert_an_old_plain_session(catalog)
     finally:
         catalog.close()
 
@@ -398,8 +403,6 @@ def test_a_postgresql_catalog_from_before_slices_gains_their_columns(postgres_se
     postgres.PostgresBackend(url).prepare()  # a second node's start changes nothing more
     catalog = postgres.PostgresCatalog(url)
     try:
-        rec = catalog.get_session("u1")
-        assert (rec.slices, rec.parent_id, rec.slice_offset) == (0, "", 0)
-        assert catalog.slices_of("u1") == []
+        assert_an_old_plain_session(catalog)
     finally:
         catalog.close()

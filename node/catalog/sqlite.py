@@ -217,15 +217,12 @@ class Catalog:
             try:
                 yield self.db
                 self._retry_locked(lambda: self.db.execute("COMMIT"))
-            except sqlite3.OperationalError as exc:
+            except BaseException as exc:
                 self._rollback()
                 typed = _typed(exc)
                 if typed is exc:
                     raise
-                raise typed from exc
-            except BaseException:
-                self._rollback()
-                raise
+                raise typed
         finally:
             if self._write_lock is not None:
                 fcntl.flock(self._write_lock, fcntl.LOCK_UN)
@@ -252,8 +249,9 @@ class Catalog:
             try:
                 return fn()
             except sqlite3.OperationalError as exc:
-                if "full" in str(exc):  # SQLITE_FULL: the disk, not the database, is at fault
-                    raise DiskFull("no space left to record the change") from exc
+                typed = _typed(exc)
+                if typed is not exc:
+                    raise typed
                 if "locked" not in str(exc) and "busy" not in str(exc):
                     raise
                 if time.monotonic() > deadline:
@@ -502,13 +500,26 @@ class Catalog:
         return object_from_row(row) if row else None
 
 
-def _typed(exc: sqlite3.OperationalError) -> Exception:
+def _typed(exc: BaseException) -> BaseException:
     """SQLITE_FULL is the disk's fault, not the database's: the contract's DISK_FULL."""
-    if "full" not in str(exc):
+    if not isinstance(exc, sqlite3.OperationalError) or "full" not in str(exc):
         return exc
     typed = DiskFull("no space left to record the change")
     typed.__cause__ = exc
     return typed
+
+
+def _in_savepoint(db: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:
+    """body(db) inside the open transaction, undone alone if it raises."""
+    db.execute("SAVEPOINT one_write")
+    try:
+        result = body(db)
+    except BaseException:
+        db.execute("ROLLBACK TO one_write")
+        db.execute("RELEASE one_write")
+        raise
+    db.execute("RELEASE one_write")
+    return result
 
 
 class _Write:
@@ -559,31 +570,16 @@ class GroupCommit:
     def _nested(self, body: Callable[[sqlite3.Connection], T]) -> T:
         """A write made by a write of the batch (recovery forgets a lost object's row inside
         the transaction that holds the object): it joins that transaction."""
-        db = self._catalog.db
-        db.execute("SAVEPOINT nested_write")
-        try:
-            result = body(db)
-        except BaseException:
-            db.execute("ROLLBACK TO nested_write")
-            db.execute("RELEASE nested_write")
-            raise
-        db.execute("RELEASE nested_write")
-        return result
+        return _in_savepoint(self._catalog.db, body)
 
     def _commit(self, batch: list[_Write]) -> None:
         try:
             with self._catalog.write() as db:
                 for write in batch:
-                    db.execute("SAVEPOINT one_write")
                     try:
-                        write.result = write.body(db)
-                    except sqlite3.OperationalError as exc:
-                        write.error = _typed(exc)
-                        db.execute("ROLLBACK TO one_write")
+                        write.result = _in_savepoint(db, write.body)
                     except BaseException as exc:
-                        write.error = exc
-                        db.execute("ROLLBACK TO one_write")
-                    db.execute("RELEASE one_write")
+                        write.error = _typed(exc)
         except BaseException as exc:
             # BEGIN, a savepoint or COMMIT failed: nothing of the batch is recorded, and every
             # write that had not failed on its own learns why.
