@@ -169,13 +169,19 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
                 slices=request.slices)
             rec = await self._run(self.store.create_session, req)
             self.metrics.add("sessions_created")
-            return upload_session(rec, await self._run(self.store.slices_of, rec))
+            return await self._session_message(rec)
         return await self._guard(context, body, request)
+
+    async def _session_message(self, rec: SessionRecord) -> oss_pb2.UploadSession:
+        """The session as the contract shows it; a sliced one with its slices (read in the
+        pool: a plain session, most of them, needs no second trip there)."""
+        slices = await self._run(self.store.slices_of, rec) if rec.slices else []
+        return upload_session(rec, slices)
 
     async def GetUploadSession(self, request, context):
         async def body():
             rec = await self._run(self.store.get_session, request.upload_id, token_prefix())
-            return upload_session(rec, await self._run(self.store.slices_of, rec))
+            return await self._session_message(rec)
         return await self._guard(context, body, request)
 
     async def AbortUploadSession(self, request, context):
@@ -196,8 +202,9 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
 
     async def _next_chunk(self, context) -> oss_pb2.UploadChunk | None:
         try:
-            msg = await asyncio.wait_for(context.read(), self.store.settings.stream_idle_timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.store.settings.stream_idle_timeout):
+                msg = await context.read()  # (a timeout scope, not wait_for: no task per message)
+        except TimeoutError:
             raise IdleTimeout("the stream sent nothing for the idle timeout") from None
         if msg is grpc.aio.EOF:
             return None

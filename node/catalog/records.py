@@ -138,7 +138,7 @@ def check_session_caps(new: int, active: int, max_active: int, mine: int,
 
 def session_values(rec: SessionRecord) -> tuple:
     """A session record as the values of a row, in SESSION_COLUMNS order."""
-    values = dataclasses.asdict(rec)
+    values = {column: getattr(rec, column) for column in SESSION_COLUMNS}  # (asdict deep-copies)
     values["state"] = int(rec.state)
     values["metadata"] = json.dumps(rec.metadata, separators=(",", ":"))
     values["if_absent"] = int(rec.if_absent)
@@ -148,7 +148,7 @@ def session_values(rec: SessionRecord) -> tuple:
 
 def object_values(obj: ObjectRecord) -> tuple:
     """An object record as the values of a row, in OBJECT_COLUMNS order."""
-    values = dataclasses.asdict(obj)
+    values = {column: getattr(obj, column) for column in OBJECT_COLUMNS}
     values["metadata"] = json.dumps(obj.metadata, separators=(",", ":"))
     return tuple(values[c] for c in OBJECT_COLUMNS)
 
