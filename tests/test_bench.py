@@ -92,7 +92,7 @@ def test_compare_end_to_end_with_every_ceiling(tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     data = json.loads(out.read_text())
     reports, disk = data["reports"], data["disk"]
-    assert set(reports["bare"]) == {"upload", "download"} and set(reports["verifying sink"]) == {"upload"}
+    assert set(reports["bare"]) == {"upload", "download", "small"} and set(reports["verifying sink"]) == {"upload"}
     assert set(reports["node"]) == {"upload", "download", "cold", "small"}
     for side in reports.values():
         for report in side.values():
@@ -105,11 +105,13 @@ def test_compare_end_to_end_with_every_ceiling(tmp_path):
     assert disk["read"]["bytes"] == 2 << 20 and disk["read"]["cache_drop"]
     assert disk["write"]["bytes"] == 2 << 20 and disk["small"]["ops"] > 0
     assert reports["node"]["small"]["durable_commits_per_s"] > 0
+    assert reports["bare"]["small"]["durable_commits_per_s"] > 0
     assert set(data["ratios"]) == {"upload_per_verifying_sink", "upload_per_min_bare_disk", "download_per_bare",
-                                   "cold_per_min_bare_disk", "small_per_disk_loop",
+                                   "cold_per_min_bare_disk", "small_per_disk_loop", "small_per_min_bare_disk",
                                    "upload_rss_per_bare_sink", "upload_rss_per_verifying_sink"}
     assert all(value > 0 for value in data["ratios"].values())
     assert "- cold_per_min_bare_disk:" in proc.stdout and "| cold download MB/s |" in proc.stdout
+    assert "- small_per_min_bare_disk:" in proc.stdout
 
 
 # -- HTTP: the bare sendfile ceiling, node HTTP GET vs gRPC, tus (tools.bench.http_compare) ------

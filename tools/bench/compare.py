@@ -7,7 +7,8 @@ has two kinds of ceiling: what gRPC itself does (the bare server) and what the d
 the lower of the two. In order, for `--modes upload,download,cold,small` (default all but small):
 
 1. the bare server (tools.bench.bare_server, `--workers` processes): upload (sink), then
-   download (source, from memory: the ceiling of warm and cold downloads alike);
+   download (source, from memory: the ceiling of warm and cold downloads alike), then small
+   objects (a session and a one-message Upload each, as the node's: what gRPC alone allows);
 2. upload: the verifying sink (`bare_server --verify-sink`: CRC-32 of every chunk and the
    object's SHA-256, the work no node may skip), same workers, same client;
 3. the node (`--spawn-node`: a temp data dir, default settings; or `--addr` with
@@ -88,6 +89,9 @@ def ratios(reports: dict, disk: dict) -> dict:
     def rate(report: dict | None) -> float | None:
         return report["mb_per_s"] if report else None
 
+    def commits(report: dict | None) -> float | None:
+        return report["durable_commits_per_s"] if report else None
+
     def over(a, b):
         return a / b if a is not None and b else None
 
@@ -102,8 +106,9 @@ def ratios(reports: dict, disk: dict) -> dict:
         "download_per_bare": over(rate(node.get("download")), rate(bare.get("download"))),
         "cold_per_min_bare_disk": over(rate(node.get("cold")),
                                        lower(rate(bare.get("download")), disk.get("read", {}).get("mb_per_s"))),
-        "small_per_disk_loop": over((node.get("small") or {}).get("durable_commits_per_s"),
-                                    disk.get("small", {}).get("ops_per_s")),
+        "small_per_disk_loop": over(commits(node.get("small")), disk.get("small", {}).get("ops_per_s")),
+        "small_per_min_bare_disk": over(commits(node.get("small")),
+                                        lower(commits(bare.get("small")), disk.get("small", {}).get("ops_per_s"))),
         "upload_rss_per_bare_sink": over(_rss_peak(node.get("upload")), _rss_peak(bare.get("upload"))),
         "upload_rss_per_verifying_sink": over(_rss_peak(node.get("upload")), _rss_peak(sink.get("upload"))),
     }
@@ -112,6 +117,9 @@ def ratios(reports: dict, disk: dict) -> dict:
 
 TARGETS = {"upload_per_verifying_sink": 0.80, "upload_per_min_bare_disk": 0.5, "download_per_bare": 0.90,
            "cold_per_min_bare_disk": 0.85, "small_per_disk_loop": 0.5}
+#: Printed beside the targets, with no target of their own: the same figure against a lower
+#: ceiling the issue does not state its target in.
+UNTARGETED = ("small_per_min_bare_disk",)
 #: RSS is a ceiling, not a floor.
 RSS_TARGET = 1.2
 
@@ -144,20 +152,30 @@ def summary(cfg, reports: dict, disk: dict, figures: dict) -> str:
                      f"O_DIRECT {read.get('direct_mb_per_s') or 0:.0f}; cache {read.get('cache_drop')}) "
                      f"| {rss(node['cold'])} | |")
     if "small" in node:
-        lines.append(f"| small commits/s | {node['small'].get('durable_commits_per_s', 0):.0f} | | | "
+        bare_small = bare.get("small")
+        bare_commits = f"{bare_small['durable_commits_per_s']:.0f}" if bare_small else "-"
+        lines.append(f"| small commits/s | {node['small'].get('durable_commits_per_s', 0):.0f} | {bare_commits} | | "
                      f"{disk.get('small', {}).get('ops_per_s', 0):.0f} (write+fsync+rename+dir fsync) "
                      f"| {rss(node['small'])} | |")
     lines.append("")
     for name, value in figures.items():
         if value is None:
             continue
-        if name in TARGETS:
+        if name in UNTARGETED:
+            lines.append(f"- {name}: {value:.2f} (no target of its own)")
+        elif name in TARGETS:
             verdict = "met" if value >= TARGETS[name] else "NOT met"
             lines.append(f"- {name}: {value:.2f} (target >= {TARGETS[name]}: {verdict})")
         else:
             verdict = "met" if value <= RSS_TARGET else "NOT met"
             lines.append(f"- {name}: {value:.2f} (target <= {RSS_TARGET}: {verdict})")
     return "\n".join(lines)
+
+
+def _small(cfg, args):
+    """The small-object phase's settings: 16 KiB objects for `--small-duration` seconds."""
+    return cfg.replace(mode="upload", small=True, file_size=16 * KiB, duration=args.small_duration,
+                       count=None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
             if mode in modes or (mode == "download" and "cold" in modes):
                 reports["bare"][mode] = _phase(cfg.replace(mode=mode), bare.addr, bare.pid,
                                                bare.worker_labels(), f"bare {mode}")
+        if "small" in modes:
+            reports["bare"]["small"] = _phase(_small(cfg, args), bare.addr, bare.pid,
+                                              bare.worker_labels(), "bare small objects")
     if "upload" in modes:
         with targets.spawn_bare(cfg.workers, cfg.file_size, cfg.chunk_size, verify_sink=True) as sink:
             reports["verifying sink"]["upload"] = _phase(cfg.replace(mode="upload"), sink.addr, sink.pid,
@@ -214,9 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             # deletes its files last: on ext4 without a journal, creating files right after
             # thousands were deleted is slower (the allocator skips recently deleted inodes),
             # so neither side may run just after the other's clean-up.
-            small = cfg.replace(mode="upload", small=True, file_size=16 * KiB, duration=args.small_duration,
-                                count=None, keep=True)
-            reports["node"]["small"] = _phase(small, addr, pid, labels, "node small objects")
+            reports["node"]["small"] = _phase(_small(cfg, args).replace(keep=True), addr, pid, labels,
+                                              "node small objects")
             disk["small"] = _ceiling("small", lambda: disk_ceiling.small_file_ceiling(
                 data_dir, cfg.concurrency, duration=args.small_duration))
     finally:
