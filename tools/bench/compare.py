@@ -232,9 +232,10 @@ def main(argv: list[str] | None = None) -> int:
             reports["node"]["cold"] = _phase(cold, addr, pid, labels, "node download (cold)")
         if "small" in modes:
             # The node first, its objects kept (they go with the data dir), then the loop, which
-            # deletes its files last: on ext4 without a journal, creating files right after
-            # thousands were deleted is slower (the allocator skips recently deleted inodes),
-            # so neither side may run just after the other's clean-up.
+            # deletes its files last: on ext4 without a journal, creating files within minutes
+            # of thousands being deleted costs 10-40x the CPU (the allocator skips recently
+            # deleted inodes; tools/bench/README.md), so neither side may run just after the
+            # other's clean-up.
             reports["node"]["small"] = _phase(_small(cfg, args).replace(keep=True), addr, pid, labels,
                                               "node small objects")
             disk["small"] = _ceiling("small", lambda: disk_ceiling.small_file_ceiling(
