@@ -1,7 +1,10 @@
 """Counters in shared memory: one slot per worker, one writer per slot, no lock.
 
-The supervisor creates a small file-backed block (`/dev/shm` when there is one) before it
-starts the workers; each worker maps it and writes only its own slot, from its event-loop
+The supervisor creates a small block of shared memory before it starts the workers: an
+anonymous memory file (`memfd_create`), which has no name to leave behind however the
+supervisor ends (named files in `/dev/shm` outlived every kill -9 of it, one per start). It
+holds the file open for its lifetime; each worker, started or restarted, opens it through
+`/proc/<supervisor pid>/fd/<fd>`, maps it and writes only its own slot, from its event-loop
 thread. The supervisor reads every slot and merges them for `/metrics`. A restarted worker
 takes over its slot and keeps adding to it, so totals survive restarts; gauges (active streams)
 are reset, because the dead worker's streams died with it.
@@ -19,7 +22,6 @@ from __future__ import annotations
 import bisect
 import mmap
 import os
-import tempfile
 from dataclasses import dataclass
 
 COUNTERS = (
@@ -109,21 +111,27 @@ class Slot:
 
 
 class MetricsBlock:
-    """The mapped block of `slots` slots, backed by a file both sides can open."""
+    """The mapped block of `slots` slots, backed by a file both sides can open (`path`)."""
 
-    def __init__(self, path: str, slots: int, fd: int) -> None:
+    def __init__(self, path: str, slots: int, fd: int, *, keep_open: bool = False) -> None:
         self.path = path
         self.slots = slots
         self._map = mmap.mmap(fd, slots * SLOT_BYTES)
-        os.close(fd)
+        self._fd: int | None = fd if keep_open else None  # the creator's: `path` names it
+        if not keep_open:
+            os.close(fd)
         self._values = memoryview(self._map).cast("d")
 
     @classmethod
     def create(cls, slots: int) -> "MetricsBlock":
-        directory = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-        fd, path = tempfile.mkstemp(prefix="mini-oss-metrics-", dir=directory)
-        os.ftruncate(fd, slots * SLOT_BYTES)  # zero-filled
-        return cls(path, slots, fd)
+        """A zero-filled block, named only by this process's open file (see the module doc)."""
+        fd = os.memfd_create("mini-oss-metrics", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, slots * SLOT_BYTES)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(f"/proc/{os.getpid()}/fd/{fd}", slots, fd, keep_open=True)
 
     @classmethod
     def open(cls, path: str) -> "MetricsBlock":
@@ -137,17 +145,15 @@ class MetricsBlock:
     def total(self, name: str) -> float:
         return sum(self.slot(i).get(name) for i in range(self.slots))
 
-    def close(self, unlink: bool = False) -> None:
+    def close(self) -> None:
         self._values.release()
         try:
             self._map.close()
         except BufferError:  # a Slot view is still alive; the map goes with the process
             pass
-        if unlink:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class NullSlot:

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import zlib
@@ -235,6 +236,21 @@ def test_metrics_totals_survive_a_worker_restart(node_factory):
         assert f'mini_oss_worker_cpu_seconds_total{{worker="{worker}"}}' in after
     ch0.close()
     ch1.close()
+
+
+def test_a_supervisor_killed_with_sigkill_leaves_no_metrics_file_behind(node_factory):
+    """The shared counters live in an anonymous memory file: a kill -9 of the whole node
+    (no clean-up runs) leaves nothing in /dev/shm or the temp dir, and the counters work."""
+    places = [p for p in ("/dev/shm", tempfile.gettempdir()) if os.path.isdir(p)]
+    before = {p: set(os.listdir(p)) for p in places}
+    node = node_factory(workers=1, metrics_listen="127.0.0.1:0")
+    stub = node.stub()
+    s = stub.CreateUploadSession(pb.CreateUploadSessionRequest(object_id="m", file_name="x", file_size=5))
+    stub.Upload(iter([chunk(s.upload_id, 0, b"hello")]))
+    assert scrape(node.metrics_url)["mini_oss_received_bytes_total"] == 5
+    node.kill()
+    left = [name for p in places for name in set(os.listdir(p)) - before[p] if "mini-oss-metrics" in name]
+    assert left == []
 
 
 def test_a_worker_that_cannot_boot_stops_serve_with_the_reason(tmp_path):

@@ -188,7 +188,7 @@ class Supervisor:
                 http_reservation.close()
             if exporter is not None:
                 exporter.shutdown()
-            self.metrics.close(unlink=True)
+            self.metrics.close()
 
     def _start_exporter(self):
         if not self.settings.metrics_listen:
