@@ -87,7 +87,8 @@ def test_compare_end_to_end_with_every_ceiling(tmp_path):
              "--channels", "2"]  # one client process per phase: seven phases start theirs
     proc = subprocess.run([sys.executable, "-m", "tools.bench.compare", "--spawn-node", "--workers", "1",
                            *small, "--count", "1", "--objects", "2", "--modes", "upload,download,cold,small",
-                           "--small-duration", "0.3", "--data-root", str(tmp_path), "--json", str(out)],
+                           "--small-duration", "0.3", "--download-rounds", "2", "--data-root", str(tmp_path),
+                           "--json", str(out)],
                           capture_output=True, text=True, timeout=140)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     data = json.loads(out.read_text())
@@ -112,6 +113,11 @@ def test_compare_end_to_end_with_every_ceiling(tmp_path):
     assert all(value > 0 for value in data["ratios"].values())
     assert "- cold_per_min_bare_disk:" in proc.stdout and "| cold download MB/s |" in proc.stdout
     assert "- small_per_min_bare_disk:" in proc.stdout
+    # Warm downloads alternate bare and node; the reported pair is the median round's.
+    rounds = data["download_rounds"]
+    assert len(rounds) == 2 and all(r["ratio"] > 0 for r in rounds)
+    assert data["ratios"]["download_per_bare"] in [r["ratio"] for r in rounds]
+    assert "warm download, bare then node in each round" in proc.stdout
 
 
 # -- HTTP: the bare sendfile ceiling, node HTTP GET vs gRPC, tus (tools.bench.http_compare) ------

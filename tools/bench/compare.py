@@ -7,14 +7,17 @@ has two kinds of ceiling: what gRPC itself does (the bare server) and what the d
 the lower of the two. In order, for `--modes upload,download,cold,small` (default all but small):
 
 1. the bare server (tools.bench.bare_server, `--workers` processes): upload (sink), then
-   download (source, from memory: the ceiling of warm and cold downloads alike), then small
-   objects (a session and a one-message Upload each, as the node's: what gRPC alone allows);
+   small objects (a session and a one-message Upload each, as the node's: what gRPC alone
+   allows); it stays up as the source (from memory: the ceiling of warm and cold downloads
+   alike) for the warm download's rounds below;
 2. upload: the verifying sink (`bare_server --verify-sink`: CRC-32 of every chunk and the
    object's SHA-256, the work no node may skip), same workers, same client;
 3. the node (`--spawn-node`: a temp data dir, default settings; or `--addr` with
    `--node-data-dir`), each mode with its disk ceiling measured just before it:
    - upload: N O_DIRECT writers with one fsync per file, then the node's upload;
-   - download: the node's warm download (`--objects` objects, read once untimed);
+   - download: `--download-rounds` rounds of the bare source then the node's warm download
+     (`--objects` objects, read once untimed); the round with the median ratio is reported, and
+     every round is printed (phases minutes apart drifted 0.64-0.95 here);
    - cold: `--cold-objects` distinct objects (default one per stream, each read once), then
      N readers of the node's own files of them (page cache dropped; buffered and O_DIRECT, the
      better), then the node's download with the page cache dropped again;
@@ -28,6 +31,7 @@ sink's; `--json PATH` writes all of it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -50,6 +54,9 @@ def _parser():
                    help="download: skip the client's CRC-32 and SHA-256 checks")
     p.add_argument("--small-duration", type=float, default=10.0,
                    help="small: seconds of the bare small-file loop and of the node's small uploads")
+    p.add_argument("--download-rounds", type=int, default=3,
+                   help="warm download: rounds of bare source then node, the median round's ratio "
+                        "counts (default %(default)s; the machine drifts between phases minutes apart)")
     p.add_argument("--node-data-dir", default="",
                    help="with --addr: the node's data dir (the disk ceilings run on its file system)")
     p.add_argument("--modes", default="upload,download,cold", help=f"of {','.join(MODES)} (default %(default)s)")
@@ -124,7 +131,7 @@ UNTARGETED = ("small_per_min_bare_disk",)
 RSS_TARGET = 1.2
 
 
-def summary(cfg, reports: dict, disk: dict, figures: dict) -> str:
+def summary(cfg, reports: dict, disk: dict, figures: dict, download_rounds: list[dict] = ()) -> str:
     def mb(report):
         return f"{report['mb_per_s']:.0f}" if report else "-"
 
@@ -157,6 +164,11 @@ def summary(cfg, reports: dict, disk: dict, figures: dict) -> str:
         lines.append(f"| small commits/s | {node['small'].get('durable_commits_per_s', 0):.0f} | {bare_commits} | | "
                      f"{disk.get('small', {}).get('ops_per_s', 0):.0f} (write+fsync+rename+dir fsync) "
                      f"| {rss(node['small'])} | |")
+    if len(download_rounds) > 1:
+        lines.append("")
+        lines.append("warm download, bare then node in each round (the table shows the median round): " +
+                     "; ".join(f"{r['bare_mb_per_s']:.0f} / {r['node_mb_per_s']:.0f} MB/s = {r['ratio']:.2f}"
+                               for r in download_rounds))
     lines.append("")
     for name, value in figures.items():
         if value is None:
@@ -185,30 +197,38 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(modes) - set(MODES))
     if unknown:
         raise SystemExit(f"compare: unknown modes {unknown}; known: {', '.join(MODES)}")
+    if args.download_rounds < 1:
+        raise SystemExit("compare: --download-rounds must be at least 1")
     cfg = config_from_args("upload", args).replace(objects=args.objects, verify=args.verify)
     if cfg.spawn != "node" and not args.node_data_dir:
         raise SystemExit("compare: the disk ceilings need the node's data dir: --spawn-node, or --node-data-dir")
     reports: dict[str, dict[str, dict]] = {"bare": {}, "verifying sink": {}, "node": {}}
     disk: dict[str, dict | str] = {}
+    download_rounds: list[dict] = []
 
     print(f"compare: node vs bare gRPC and the disk, {cfg.workers} workers each", flush=True)
-    with targets.spawn_bare(cfg.workers, cfg.file_size, cfg.chunk_size) as bare:
-        print(f"\n##### bare server (pid {bare.pid}) at {bare.addr}", flush=True)
-        for mode in ("upload", "download"):
-            if mode in modes or (mode == "download" and "cold" in modes):
-                reports["bare"][mode] = _phase(cfg.replace(mode=mode), bare.addr, bare.pid,
-                                               bare.worker_labels(), f"bare {mode}")
-        if "small" in modes:
-            reports["bare"]["small"] = _phase(_small(cfg, args), bare.addr, bare.pid,
-                                              bare.worker_labels(), "bare small objects")
-    if "upload" in modes:
-        with targets.spawn_bare(cfg.workers, cfg.file_size, cfg.chunk_size, verify_sink=True) as sink:
-            reports["verifying sink"]["upload"] = _phase(cfg.replace(mode="upload"), sink.addr, sink.pid,
-                                                         sink.worker_labels(), "verifying sink upload")
+    stack = contextlib.ExitStack()  # the bare server stays up: warm downloads alternate with it
+    bare = stack.enter_context(targets.spawn_bare(cfg.workers, cfg.file_size, cfg.chunk_size))
 
-    node = (targets.spawn_node(cfg.workers, cfg.data_root, node_root=cfg.node_root, env=cfg.node_env_dict)
-            if cfg.spawn == "node" else None)
+    def bare_phase(mode_cfg, title: str) -> dict:
+        return _phase(mode_cfg, bare.addr, bare.pid, bare.worker_labels(), f"bare {title}")
+
+    node = None
     try:
+        print(f"\n##### bare server (pid {bare.pid}) at {bare.addr}", flush=True)
+        if "upload" in modes:
+            reports["bare"]["upload"] = bare_phase(cfg.replace(mode="upload"), "upload")
+        if "cold" in modes and "download" not in modes:
+            reports["bare"]["download"] = bare_phase(cfg.replace(mode="download"), "download")
+        if "small" in modes:
+            reports["bare"]["small"] = bare_phase(_small(cfg, args), "small objects")
+        if "upload" in modes:
+            with targets.spawn_bare(cfg.workers, cfg.file_size, cfg.chunk_size, verify_sink=True) as sink:
+                reports["verifying sink"]["upload"] = _phase(cfg.replace(mode="upload"), sink.addr, sink.pid,
+                                                             sink.worker_labels(), "verifying sink upload")
+
+        node = (targets.spawn_node(cfg.workers, cfg.data_root, node_root=cfg.node_root, env=cfg.node_env_dict)
+                if cfg.spawn == "node" else None)
         addr = node.addr if node else cfg.addr
         pid = node.pid if node else cfg.node_pid
         labels = node.worker_labels() if node else {}
@@ -221,8 +241,18 @@ def main(argv: list[str] | None = None) -> int:
                 data_dir, cfg.concurrency, cfg.file_size))
             reports["node"]["upload"] = _phase(cfg.replace(mode="upload"), addr, pid, labels, "node upload")
         if "download" in modes:
-            reports["node"]["download"] = _phase(cfg.replace(mode="download"), addr, pid, labels,
-                                                 "node download (warm)")
+            rounds = []
+            for n in range(1, args.download_rounds + 1):
+                pair = {"bare": bare_phase(cfg.replace(mode="download"), f"download, round {n}"),
+                        "node": _phase(cfg.replace(mode="download"), addr, pid, labels,
+                                       f"node download (warm), round {n}")}
+                pair["ratio"] = pair["node"]["mb_per_s"] / pair["bare"]["mb_per_s"]
+                rounds.append(pair)
+            middle = sorted(rounds, key=lambda pair: pair["ratio"])[(len(rounds) - 1) // 2]
+            reports["bare"]["download"], reports["node"]["download"] = middle["bare"], middle["node"]
+            download_rounds = [{"bare_mb_per_s": pair["bare"]["mb_per_s"],
+                                "node_mb_per_s": pair["node"]["mb_per_s"], "ratio": pair["ratio"]}
+                               for pair in rounds]
         if "cold" in modes:
             cold = cfg.replace(mode="download", cold_cache=True, objects=args.cold_objects or cfg.concurrency,
                                count=1, duration=None, addr=addr)
@@ -243,12 +273,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if node is not None:
             node.stop()
+        stack.close()
 
     figures = ratios(reports, disk)
-    print("\n" + summary(cfg, reports, disk, figures), flush=True)
+    print("\n" + summary(cfg, reports, disk, figures, download_rounds), flush=True)
     if cfg.json_path:
         with open(cfg.json_path, "w") as fh:
-            json.dump({"reports": reports, "disk": disk, "ratios": figures}, fh, indent=2, sort_keys=True)
+            json.dump({"reports": reports, "disk": disk, "ratios": figures, "download_rounds": download_rounds},
+                      fh, indent=2, sort_keys=True)
     return 1 if any(r["errors"] for side in reports.values() for r in side.values()) else 0
 
 
