@@ -40,6 +40,17 @@ def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")
 
 
+def pytest_configure(config):
+    """Where PYTHONDONTWRITEBYTECODE is set (as in many containers), every node, worker and CLI
+    process the suite starts (about two thousand) would compile node/ from source again: about
+    a quarter of a node's start-up CPU. Those processes keep their bytecode in a cache outside
+    the checkout instead (PYTHONPYCACHEPREFIX), so the source tree still gets no __pycache__."""
+    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        del os.environ["PYTHONDONTWRITEBYTECODE"]
+        os.environ.setdefault("PYTHONPYCACHEPREFIX",
+                              os.path.join(tempfile.gettempdir(), f"mini-oss-pycache-{os.getuid()}"))
+
+
 def pytest_generate_tests(metafunc):
     both = metafunc.module.__name__.startswith("test_api_") or getattr(metafunc.module, "BOTH_CATALOGS", False)
     if both and "catalog_backend" in metafunc.fixturenames:
