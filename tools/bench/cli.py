@@ -65,6 +65,7 @@ class BenchConfig:
     node_root: str = ""                   # a spawned node's code: a dir holding `node/`
     node_env: tuple[str, ...] = ()        # a spawned node's extra environment, "KEY=VALUE"
     channel_args: tuple[tuple[str, int], ...] = ()  # extra client channel options (experiments)
+    balance: bool = True                  # deal streams evenly over the workers reached, not the connections
     label: str = ""                       # "node" | "bare" | free text, for reports
     run_id: str = ""                      # makes object ids unique per run
 
@@ -129,6 +130,9 @@ def build_parser(mode: str, description: str) -> argparse.ArgumentParser:
          help="spawn the node from this directory's `node` package (e.g. a `git archive` of a commit)")
     _add(p, "--channel-arg", action="append", default=[], metavar="KEY=INT",
          help="extra gRPC channel option of the client (repeatable), e.g. grpc.http2.bdp_probe=0")
+    _add(p, "--no-balance", dest="balance", action="store_false",
+         help="deal streams round robin over the connections, however they landed on the workers "
+              "(default: evenly over the workers the connections reached)")
     _add(p, "--node-env", action="append", default=[], metavar="KEY=VALUE",
          help="extra environment for a spawned node (repeatable), e.g. MALLOC_ARENA_MAX=2")
     if mode == "upload":
@@ -167,7 +171,7 @@ def config_from_args(mode: str, args: argparse.Namespace) -> BenchConfig:
         verify=getattr(args, "verify", True), cold_cache=getattr(args, "cold_cache", False),
         send_sha256=getattr(args, "send_sha256", False),
         small=small, keep=getattr(args, "keep", False),
-        pool_chunks=getattr(args, "pool_chunks", 64))
+        pool_chunks=getattr(args, "pool_chunks", 64), balance=args.balance)
     validate(cfg)
     return cfg
 

@@ -89,7 +89,8 @@ class Channel:
         self.pb = oss_pb2
         # Several nodes ("a:1,b:2"): channels are dealt over them round robin.
         addrs = cfg.addr.split(",")
-        self.channel = grpc.aio.insecure_channel(addrs[channel_id % len(addrs)],
+        self.addr = addrs[channel_id % len(addrs)]
+        self.channel = grpc.aio.insecure_channel(self.addr,
                                                  options=channel_options(cfg, channel_id))
         ident = None  # grpc passes bytes through when no (de)serializer is given
         self.create = self.channel.unary_unary(SERVICE + "CreateUploadSession",
@@ -109,6 +110,23 @@ class Channel:
     async def connect(self) -> None:
         info = await self.node_info(self.pb.GetNodeInfoRequest(), wait_for_ready=True, timeout=30)
         self.worker_id = info.worker_id
+
+
+def balanced(channels: list) -> list:
+    """The channels in the order streams are dealt to them, so that every worker reached gets
+    the same share of streams (±1), not every connection: SO_REUSEPORT spreads connections
+    unevenly when they are few (16 connections have put 25 and 75 of 100 streams on two
+    workers), and a worker's share moves its throughput run to run. Workers take turns; each
+    worker's connections take turns among themselves."""
+    by_worker: dict = {}
+    for ch in channels:
+        by_worker.setdefault((ch.addr, ch.worker_id), []).append(ch)
+    groups = [by_worker[key] for key in sorted(by_worker, key=str)]
+    if not groups:
+        return list(channels)
+    cycles = max(len(group) for group in groups) * len(groups)
+    return [groups[n % len(groups)][(n // len(groups)) % len(groups[n % len(groups)])]
+            for n in range(cycles)]
 
 
 class StreamError(Exception):
@@ -165,8 +183,9 @@ class ClientProcess:
         if self.cfg.duration is not None:
             self.deadline = time.monotonic() + self.cfg.duration
         tasks = []
+        order = balanced(self.channels) if self.cfg.balance else self.channels
         for i, stream in enumerate(self.stream_ids):
-            ch = self.channels[i % len(self.channels)]
+            ch = order[i % len(order)]
             ch.streams += 1
             body = self._upload_stream if self.cfg.mode == "upload" else self._download_stream
             tasks.append(asyncio.create_task(body(stream, ch)))
