@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 from node import failpoints, names, ranges
+from node.cache_admission import SecondRead
 from node.catalog import ObjectRecord, SessionRecord, open_backend
 from node.config import Settings
 from node.errors import (DiskFull, Forbidden, GenerationMismatch, InvalidArgument,
@@ -88,6 +89,7 @@ class Store:
         self.backend = open_backend(settings)
         self.catalogs = self.backend.pool()
         self.hashes = HashCache()
+        self.reads = SecondRead()  # which downloads may fill the page cache (node.cache_admission)
         self.ttl_ms = int(settings.session_ttl * 1000)
         self._secret: bytes | None = None
 
@@ -479,8 +481,11 @@ class Store:
             start, end = ranges.resolve_range(obj.size, start_offset, end_offset)
             fd = self.storage.open_object(obj.disk_name)
             if fd is not None:
+                # Around the cache (where not cached) on a range's first read; through it, so
+                # that it stays cached, from its second.
+                direct = self.settings.direct_io and not self.reads.seen_before(obj.disk_name, start)
                 return DownloadReader(fd, obj, start, end, size, self.settings.download_readahead,
-                                      direct=self.settings.direct_io)
+                                      direct=direct)
             # Replaced (and its file freed) between the lookup and the open: look again.
         raise RuntimeError(f"object {object_id} keeps vanishing under the reader")
 

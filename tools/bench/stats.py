@@ -146,7 +146,7 @@ def header(cfg: BenchConfig, target: dict, machine: dict) -> str:
         f"{cfg.processes} client processes"
         + (", verification " + ("ON (CRC-32 per chunk, SHA-256 per object)" if cfg.verify else "OFF")
            + (_cold_cache_note(cfg, machine) if cfg.cold_cache
-              else ", page cache warmed (one untimed read per object)")
+              else ", page cache warmed (two untimed reads per object)")
            if cfg.mode == "download" else
            ", CRC-32 on every chunk, distinct contents per object"
            + (", SHA-256 sent" if cfg.send_sha256 else "")),
