@@ -333,6 +333,11 @@ class DownloadReader:
         if self.readahead:
             os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_SEQUENTIAL)
 
+    def cached(self, offset: int) -> bool:
+        """Is the chunk at `offset` in the page cache (so that reading it is a memory copy, not
+        a wait for the disk)? False where the kernel cannot say."""
+        return bool(page_cache.fully_cached(self.fd, offset, min(self.chunk_size, self.end - offset)))
+
     def message(self, offset: int, object_info: bytes = b"") -> tuple[bytes, int]:
         """The DownloadChunk message of the chunk at `offset`, and its data length. Encoded
         here, in the thread that read it: a direct read's bytes live in that thread's buffer."""
