@@ -17,7 +17,7 @@ def test_proto_declares_the_contract_service():
     assert [m.name for m in service.methods] == [
         "CreateUploadSession", "GetUploadSession", "AbortUploadSession", "Upload", "Download",
         "StatObject", "ListObjects", "DeleteObject", "ListUploadSessions", "GetNodeInfo",
-        "SignDownloadUrl"]
+        "SignDownloadUrl", "PutObject"]
     state = oss_pb2.UploadSession.State
     assert [(n, state.Value(n)) for n in ("STATE_UNSPECIFIED", "ACTIVE", "COMMITTED", "ABORTED")] == [
         ("STATE_UNSPECIFIED", 0), ("ACTIVE", 1), ("COMMITTED", 2), ("ABORTED", 3)]

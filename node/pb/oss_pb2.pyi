@@ -294,3 +294,40 @@ class SignedDownloadUrl(_message.Message):
     expires_at_unix_ms: int
     generation: str
     def __init__(self, path: _Optional[str] = ..., http_port: _Optional[int] = ..., expires_at_unix_ms: _Optional[int] = ..., generation: _Optional[str] = ...) -> None: ...
+
+class PutObjectRequest(_message.Message):
+    __slots__ = ("object_id", "file_name", "data", "crc32", "sha256", "content_type", "metadata", "if_absent", "if_generation_match", "crc32c")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    FILE_NAME_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    CRC32_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    IF_ABSENT_FIELD_NUMBER: _ClassVar[int]
+    IF_GENERATION_MATCH_FIELD_NUMBER: _ClassVar[int]
+    CRC32C_FIELD_NUMBER: _ClassVar[int]
+    object_id: str
+    file_name: str
+    data: bytes
+    crc32: int
+    sha256: str
+    content_type: str
+    metadata: _containers.ScalarMap[str, str]
+    if_absent: bool
+    if_generation_match: str
+    crc32c: int
+    def __init__(self, object_id: _Optional[str] = ..., file_name: _Optional[str] = ..., data: _Optional[bytes] = ..., crc32: _Optional[int] = ..., sha256: _Optional[str] = ..., content_type: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., if_absent: _Optional[bool] = ..., if_generation_match: _Optional[str] = ..., crc32c: _Optional[int] = ...) -> None: ...
+
+class PutObjectResponse(_message.Message):
+    __slots__ = ("object",)
+    OBJECT_FIELD_NUMBER: _ClassVar[int]
+    object: ObjectInfo
+    def __init__(self, object: _Optional[_Union[ObjectInfo, _Mapping]] = ...) -> None: ...

@@ -89,6 +89,11 @@ class ObjectStorageStub:
                 request_serializer=oss_dot_v1_dot_oss__pb2.SignDownloadUrlRequest.SerializeToString,
                 response_deserializer=oss_dot_v1_dot_oss__pb2.SignedDownloadUrl.FromString,
                 _registered_method=True)
+        self.PutObject = channel.unary_unary(
+                '/oss.v1.ObjectStorage/PutObject',
+                request_serializer=oss_dot_v1_dot_oss__pb2.PutObjectRequest.SerializeToString,
+                response_deserializer=oss_dot_v1_dot_oss__pb2.PutObjectResponse.FromString,
+                _registered_method=True)
 
 
 class ObjectStorageServicer:
@@ -161,6 +166,14 @@ class ObjectStorageServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutObject(self, request, context):
+        """Added for small objects (API.md, "One-call put"): a whole object in one message, committed
+        in one catalog transaction, with no session to create first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ObjectStorageServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -218,6 +231,11 @@ def add_ObjectStorageServicer_to_server(servicer, server):
                     servicer.SignDownloadUrl,
                     request_deserializer=oss_dot_v1_dot_oss__pb2.SignDownloadUrlRequest.FromString,
                     response_serializer=oss_dot_v1_dot_oss__pb2.SignedDownloadUrl.SerializeToString,
+            ),
+            'PutObject': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutObject,
+                    request_deserializer=oss_dot_v1_dot_oss__pb2.PutObjectRequest.FromString,
+                    response_serializer=oss_dot_v1_dot_oss__pb2.PutObjectResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -517,6 +535,33 @@ class ObjectStorage:
             '/oss.v1.ObjectStorage/SignDownloadUrl',
             oss_dot_v1_dot_oss__pb2.SignDownloadUrlRequest.SerializeToString,
             oss_dot_v1_dot_oss__pb2.SignedDownloadUrl.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutObject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oss.v1.ObjectStorage/PutObject',
+            oss_dot_v1_dot_oss__pb2.PutObjectRequest.SerializeToString,
+            oss_dot_v1_dot_oss__pb2.PutObjectResponse.FromString,
             options,
             channel_credentials,
             insecure,
