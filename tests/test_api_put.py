@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from node.pb import oss_pb2 as pb
-from tests.contract import (COMMITTED, KiB, create, crc32, crc32c, download_all, expect_error,
+from tests.contract import (COMMITTED, KiB, all_names_fit, create, crc32, crc32c, download_all, expect_error,
                             get_session, list_all_sessions, msg, payload, put, sha256_hex,
                             stat, tree, upload_chunks, wait_until)
 
@@ -71,6 +71,14 @@ def test_put_replaces_the_current_version_and_frees_its_file(node, stub):
                what="the replaced versions' files freed")
     fresh = put_object(stub, "new-doc", b"x", if_absent=True)
     assert fresh.size == 1
+
+
+def test_longest_names_fit_on_disk(node, stub):
+    file_name = "é" * 120 + ".tar.gz"  # 247 bytes of UTF-8, the longest object id beside it
+    info = put_object(stub, "i" * 128, b"long names", file_name=file_name)
+    assert info.file_name == file_name and stat(stub, "i" * 128) == info
+    assert all_names_fit(node.data_dir) == []
+    assert download_all(stub, "i" * 128).data == b"long names"
 
 
 def test_every_refusal_has_its_reason_and_leaves_nothing(node, stub):
@@ -135,8 +143,8 @@ def test_a_put_counts_as_a_stream_but_holds_no_session(node_factory):
     slow_put = stub.PutObject.future(pb.PutObjectRequest(object_id="quick", file_name="a",
                                                          data=b"no session needed"), timeout=30)
     # Its file exists while it sleeps after writing: the put is at work and holds its place.
-    wait_until(lambda: os.listdir(node.data_dir / "parts") != [] and any(
-        ".put." in n for n in os.listdir(node.data_dir / "parts")), 10, what="the put at work")
+    wait_until(lambda: any(".put." in n for n in os.listdir(node.data_dir / "parts")), 10,
+               what="the put at work")
     with expect_error("RESOURCE_EXHAUSTED", "TOO_MANY_STREAMS"):
         download_all(stub, "quick")
     assert slow_put.result().object.size == 17
