@@ -170,6 +170,28 @@ def test_a_node_starting_while_the_other_is_mid_upload_leaves_that_upload_alone(
         assert on_b.stat("inflight").size == 128 * KiB
 
 
+def test_a_node_starting_while_the_other_is_mid_put_leaves_that_put_alone(cluster):
+    """A one-call put has no row until its transaction: between its rename into objects/ and
+    that transaction, only its lock tells the other node's start-up repair that the file is
+    not a stray to set aside (which would leave the acknowledged object without its bytes)."""
+    a = cluster(env={"MINI_OSS_FAILPOINTS": "commit_renamed=sleep:4"})
+    data = os.urandom(40 * KiB)
+    put = a.stub().PutObject.future(pb.PutObjectRequest(object_id="putting", file_name="p.bin",
+                                                        data=data), timeout=30)
+    objects = cluster.data_dir / "objects"
+    wait_until(lambda: any(n.startswith("putting_") for n in os.listdir(objects)), 10)
+    b = cluster()  # its start-up repair runs now, while A's put sits in objects/ with no row
+    assert not (cluster.data_dir / "quarantine").exists()
+    assert "held_files_left" in b.log_text()
+    info = put.result().object
+    assert info.sha256 == hashlib.sha256(data).hexdigest()
+    with Client(b.addr) as on_b:
+        assert on_b.stat("putting") == info
+        sink = io.BytesIO()
+        on_b.download("putting", sink)
+        assert sink.getvalue() == data
+
+
 def test_a_mistyped_catalog_url_is_refused_not_taken_for_an_empty_namespace(cluster, postgres_server):
     a = cluster()
     with Client(a.addr) as client:
