@@ -16,11 +16,14 @@ Ordering rules that keep objects whole across crashes of any process:
            object and the session as COMMITTED; then the replaced version's file is unlinked.
            A crash before the transaction leaves the file in objects/ with an ACTIVE session:
            the next claim (or recovery) moves it back to parts/ and the upload can finish.
+* put:     a one-call put (node.puts) writes parts/<...>.put.<upload_id> under its lock, then
+           commits as above with its session row born COMMITTED in the same transaction.
 * free:    a file the catalog lets go of (an ended session's part, a replaced or deleted
            version) is recorded as garbage in the transaction that lets go of it, then
            unlinked; the sweep frees what a crash left in between. Nothing is ever unlinked
-           because the catalog merely does not know it: recovery puts such files in
-           quarantine/.
+           because the catalog merely does not know it (recovery puts such files in
+           quarantine/), except a put's own .put. file once no process holds it and it is
+           PUT_GRACE old: that name says it was never acknowledged.
 * scope:   a token limited to a prefix reaches a session only if the session's object id
            starts with that prefix (the `scope` argument): an upload_id alone opens nothing.
 * readers: read the object row, then open objects/<disk_name> by name; a download holds its
