@@ -20,11 +20,11 @@ One entry per line, fields separated by white space::
   optional trailing `=`), so it always fits an HTTP/2 header. Each token appears once.
 * ROLE: `read` < `write` < `admin`; a higher role may do everything a lower one may.
   read: Download, StatObject, ListObjects, GetNodeInfo, GetUploadSession, ListUploadSessions.
-  write: also CreateUploadSession, Upload, AbortUploadSession, DeleteObject.
+  write: also CreateUploadSession, Upload, AbortUploadSession, DeleteObject, PutObject.
   admin: also any method not listed above (fail closed: a method added to the service later is
   admin-only until it is given a role here).
 * PREFIX (optional): the token only reaches object ids that start with it. A request that
-  names an object (CreateUploadSession, Download, StatObject, DeleteObject) must name one inside
+  names an object (CreateUploadSession, PutObject, Download, StatObject, DeleteObject) must name one inside
   the prefix; a listing (ListObjects.prefix, ListUploadSessions.object_id_prefix) must ask for a
   prefix that itself starts with it. Anything else is PERMISSION_DENIED/FORBIDDEN.
 * Calls keyed by an upload session (GetUploadSession, AbortUploadSession, Upload) carry no
@@ -102,14 +102,14 @@ METHOD_ROLES: dict[str, Role] = {
     "GetNodeInfo": Role.READ, "GetUploadSession": Role.READ, "ListUploadSessions": Role.READ,
     "SignDownloadUrl": Role.READ,
     "CreateUploadSession": Role.WRITE, "Upload": Role.WRITE, "AbortUploadSession": Role.WRITE,
-    "DeleteObject": Role.WRITE,
+    "DeleteObject": Role.WRITE, "PutObject": Role.WRITE,
 }
 #: The request field a prefix-limited token is checked against, per method. Object ids and
 #: listing prefixes are checked the same way: the value must start with the token's prefix.
 PREFIX_FIELDS: dict[str, str] = {
     "CreateUploadSession": "object_id", "Download": "object_id", "StatObject": "object_id",
     "DeleteObject": "object_id", "ListObjects": "prefix", "ListUploadSessions": "object_id_prefix",
-    "SignDownloadUrl": "object_id",
+    "SignDownloadUrl": "object_id", "PutObject": "object_id",
 }
 
 

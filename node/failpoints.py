@@ -17,7 +17,9 @@ Points: worker_boot (before a worker serves), chunk_written (after a chunk's pwr
 checkpoint_synced (after fdatasync, before the catalog write), commit_renamed (part moved into
 objects/, before the catalog transaction), commit_published (index swapped, before the
 transaction commits), commit_recorded (the transaction committed, before the replaced version
-is freed), session_recorded (a new session's row written, before its part file exists).
+is freed), session_recorded (a new session's row written, before its part file exists),
+put_written (a one-call put's bytes written to its .put. file, before the rename; the put also
+hits commit_renamed, commit_published and commit_recorded).
 """
 
 from __future__ import annotations

@@ -259,6 +259,10 @@ def check(data_dir: str, *, verify: bool = False) -> Report:
     for name in sorted(parts - live_parts):
         if (PARTS, name) in view.garbage:
             report.to_free += 1
+        elif names.is_put_file_name(name):
+            report.add("orphan_part", os.path.join(PARTS, name),
+                       "a one-call put in flight, or cut short (the node removes it at start "
+                       "when no process holds it: it was never acknowledged)")
         else:
             report.add("orphan_part", os.path.join(PARTS, name),
                        "no ACTIVE session (the node moves it to quarantine/parts/, or removes it "

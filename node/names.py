@@ -38,6 +38,7 @@ _UPLOAD_ID = re.compile(r"[0-9a-f]{%d}" % UPLOAD_ID_CHARS)
 # (tests and tools may use their own), but never a path separator, a dot or anything long.
 _DISK_UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _PART_MARK = ".part."
+_PUT_MARK = ".put."  # the same length as _PART_MARK: one budget fits both
 
 
 # --- validation of what clients send -------------------------------------------------------
@@ -140,12 +141,14 @@ def is_upload_id(value: str) -> bool:
 # --- names on disk -------------------------------------------------------------------------
 
 
-def part_file_name(object_id: str, file_name: str, upload_id: str) -> str:
-    """`<object_id>_<file_name>.part.<upload_id>`, shortened to fit in MAX_NAME_BYTES."""
+def part_file_name(object_id: str, file_name: str, upload_id: str, *, put: bool = False) -> str:
+    """`<object_id>_<file_name>.part.<upload_id>` (`.put.` for a one-call put's bytes in
+    flight), shortened to fit in MAX_NAME_BYTES."""
     _check_disk_inputs(object_id, file_name, upload_id)
-    budget = MAX_NAME_BYTES - len(object_id) - 1 - len(_PART_MARK) - len(upload_id)
+    mark = _PUT_MARK if put else _PART_MARK
+    budget = MAX_NAME_BYTES - len(object_id) - 1 - len(mark) - len(upload_id)
     stem, ext = fit_file_name(file_name, budget)
-    return f"{object_id}_{stem}{ext}{_PART_MARK}{upload_id}"
+    return f"{object_id}_{stem}{ext}{mark}{upload_id}"
 
 
 def object_file_name(object_id: str, file_name: str, upload_id: str) -> str:
@@ -158,6 +161,12 @@ def object_file_name(object_id: str, file_name: str, upload_id: str) -> str:
 
 _PART_UPLOAD_ID = re.compile(r"\.part\.([0-9a-f]{%d})$" % UPLOAD_ID_CHARS)
 _OBJECT_UPLOAD_ID = re.compile(r"_([0-9a-f]{%d})(\.[^.]*)?$" % UPLOAD_ID_CHARS)
+_PUT_UPLOAD_ID = re.compile(r"\.put\.([0-9a-f]{%d})$" % UPLOAD_ID_CHARS)
+
+
+def is_put_file_name(name: str) -> bool:
+    """Whether `name` is a one-call put's file in flight (`part_file_name(..., put=True)`)."""
+    return _PUT_UPLOAD_ID.search(name) is not None
 
 
 def upload_id_of_disk_name(name: str, *, part: bool) -> str | None:

@@ -26,6 +26,7 @@ from node.http import signing
 from node.limits import StreamPlaces, out_of_files
 from node.metrics import NullSlot
 from node.pb import oss_pb2, oss_pb2_grpc
+from node.puts import put_object
 from node.scope import token_prefix
 from node.status import to_status
 from node.store import NewSession, Store
@@ -349,6 +350,32 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
                 await asyncio.wait(set(self.cleanups), timeout=0.1)
             else:
                 await asyncio.sleep(0.01)
+
+    # -- one-call put -------------------------------------------------------------------------
+
+    async def PutObject(self, request, context):
+        async def body():
+            client = client_of(context)
+            size = len(request.data)
+            with self.client_streams.hold(client):  # it holds its bytes as a stream would
+                self.metrics.add("received_bytes", size)
+                self.metrics.add("chunks_received")
+                await self.limiter.pace(client, size)
+                fields = NewSession(
+                    object_id=request.object_id, file_name=request.file_name, file_size=size,
+                    sha256=request.sha256, content_type=request.content_type,
+                    metadata=dict(request.metadata), if_absent=request.if_absent,
+                    if_generation_match=request.if_generation_match, client=client)
+                crc32 = request.crc32 if request.HasField("crc32") else None
+                crc32c = request.crc32c if request.HasField("crc32c") else None
+                self._stream_started()
+                try:
+                    obj = await self._run(put_object, self.store, fields, request.data, crc32,
+                                          crc32c)
+                finally:
+                    self._stream_ended()
+            return oss_pb2.PutObjectResponse(object=object_info(obj))
+        return await self._guard(context, body, request)
 
     # -- objects ------------------------------------------------------------------------------
 

@@ -56,6 +56,9 @@ log = logging.getLogger("mini_oss.store")
 
 T = TypeVar("T")
 SWEEP_LOCK = ".sweep.lock"
+#: A one-call put's file younger than this is never removed as dead: its creator may be
+#: between creating it and taking its lock (node.puts).
+PUT_GRACE = 60.0
 OPEN_RETRIES = 8
 #: A listing page is cut to this many bytes of records as well as to page_size, so that a page
 #: of objects with large metadata still fits a stock client's 4 MiB message limit.
@@ -110,7 +113,9 @@ class Store:
 
     # -- sessions -----------------------------------------------------------------------------
 
-    def create_session(self, req: NewSession) -> SessionRecord:
+    def new_record(self, req: NewSession) -> SessionRecord:
+        """Check a new upload's fields (names, size, hash) and build its ACTIVE session record,
+        not yet stored: a session and a one-call put (node.puts) are checked alike."""
         object_id = names.validate_object_id(req.object_id)
         file_name = names.validate_file_name(req.file_name)
         content_type = names.validate_content_type(req.content_type)
@@ -123,21 +128,28 @@ class Store:
         chunk_size = advise_chunk_size(req.chunk_size, self.settings.default_chunk_size,
                                        self.settings.max_chunk_size)
         sha256 = normalize_sha256(req.sha256)
-        if req.if_absent or req.if_generation_match:  # (else there is nothing to check yet)
-            current = self.catalog.get_object(object_id)
-            check_preconditions(current.generation if current else None, req.if_absent,
-                                req.if_generation_match)
-        free = self.storage.free_bytes()
-        if free < self.settings.disk_reserve:
-            raise DiskFull("free space is below the node's reserve: no new uploads for now",
-                           free_bytes=free, disk_reserve=self.settings.disk_reserve)
         now = self.now_ms()
-        rec = SessionRecord(
+        return SessionRecord(
             upload_id=names.new_upload_id(), object_id=object_id, file_name=file_name,
             file_size=req.file_size, chunk_size=chunk_size, uploaded_offset=0, sha256=sha256,
             state=State.ACTIVE, content_type=content_type, metadata=metadata,
             if_absent=req.if_absent, if_generation_match=req.if_generation_match,
             client=req.client, created_at_ms=now, updated_at_ms=now, expires_at_ms=now + self.ttl_ms)
+
+    def check_disk_reserve(self) -> None:
+        free = self.storage.free_bytes()
+        if free < self.settings.disk_reserve:
+            raise DiskFull("free space is below the node's reserve: no new uploads for now",
+                           free_bytes=free, disk_reserve=self.settings.disk_reserve)
+
+    def create_session(self, req: NewSession) -> SessionRecord:
+        rec = self.new_record(req)
+        if req.if_absent or req.if_generation_match:  # (else there is nothing to check yet)
+            current = self.catalog.get_object(rec.object_id)
+            check_preconditions(current.generation if current else None, req.if_absent,
+                                req.if_generation_match)
+        self.check_disk_reserve()
+        now, chunk_size = rec.created_at_ms, rec.chunk_size
         plan = plan_slices(req.file_size, req.slices, chunk_size)
         rec = rec.replace(slices=len(plan))
         slices = [rec.replace(upload_id=names.new_upload_id(), file_size=length, sha256="",
@@ -507,9 +519,19 @@ class Store:
                     expired += 1
             self.free_garbage()
             self.catalog.forget_ended(self.now_ms())
+            self.remove_dead_puts()
             return expired
         finally:
             os.close(fd)
+
+    def remove_dead_puts(self) -> int:
+        """Remove the files of one-call puts whose process died before the commit (unheld,
+        older than PUT_GRACE, named by no row): no one was told they were stored."""
+        report = collections.Counter()
+        for name in self.storage.part_names():
+            if names.is_put_file_name(name):
+                self._check_file(PARTS, name, report)
+        return report["puts_removed"]
 
     def free_garbage(self) -> int:
         """Unlink the files the catalog let go of that their process did not (it died first)."""
@@ -587,7 +609,31 @@ class Store:
         return self.catalog.with_object(obj.object_id, forget)
 
     def _check_file(self, kind: str, name: str, report: collections.Counter) -> None:
-        """Keep a file a row accounts for, free one the catalog let go of, set aside the rest.
+        """Keep a file a row accounts for, free one the catalog let go of, leave one a process
+        holds (a one-call put at work, here or on another node), remove an unheld put's file
+        (never acknowledged), and set aside the rest."""
+        if self._accounted(kind, name, report):
+            return
+        with self.storage.unheld(kind, name) as unheld:
+            if not unheld:
+                report["held_files_left"] += 1
+                return
+            # Read again under the lock: a put holds it until its commit has ended, so a row
+            # it wrote after the first read is visible now.
+            if self._accounted(kind, name, report):
+                return
+            if kind == PARTS and names.is_put_file_name(name):
+                # Its creator opens it, then locks it: a young file may be in between.
+                if self.storage.age(kind, name) >= PUT_GRACE:
+                    self.storage.free(kind, name)
+                    report["puts_removed"] += 1
+                else:
+                    report["held_files_left"] += 1
+                return
+            self._set_aside(kind, name, report)
+
+    def _accounted(self, kind: str, name: str, report: collections.Counter) -> bool:
+        """True if a row accounts for the file: kept, or freed as the catalog let go of it.
 
         The session is read before the object row: a session, once COMMITTED, stays so, and
         its version stays current until replaced, so "COMMITTED and not current" is final."""
@@ -595,19 +641,17 @@ class Store:
         rec = self.catalog.get_session(upload_id) if upload_id else None
         if rec is not None and name != (self.part_name(rec) if kind == PARTS else self.disk_name(rec)):
             rec = None  # an upload id inside a name that is not that session's
-        if rec is not None:
-            if rec.state is State.ACTIVE:
-                return  # in flight (here or on another node), or mid-commit
-            if kind == OBJECTS and rec.state is State.COMMITTED:
-                current = self.catalog.get_object(rec.object_id)
-                if current is not None and current.disk_name == name:
-                    return  # the current version
-            self.storage.free(kind, name)  # an ended session's part, a replaced version
-            report[f"freed_{kind}"] += 1
-            return
-        # No session row: an object file named by no row when the rows were read (after the
-        # listing) can no longer become current (only its session could commit it).
-        self._set_aside(kind, name, report)
+        if rec is None:
+            return False
+        if rec.state is State.ACTIVE:
+            return True  # in flight (here or on another node), or mid-commit
+        if kind == OBJECTS and rec.state is State.COMMITTED:
+            current = self.catalog.get_object(rec.object_id)
+            if current is not None and current.disk_name == name:
+                return True  # the current version
+        self.storage.free(kind, name)  # an ended session's part, a replaced version
+        report[f"freed_{kind}"] += 1
+        return True
 
     def _set_aside(self, kind: str, name: str, report: collections.Counter) -> None:
         """A file no catalog row accounts for: an empty part (a create cut short by an older

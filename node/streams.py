@@ -68,6 +68,19 @@ class HashCache:
             self._entries.pop(upload_id, None)
 
 
+def verify_chunk(data: bytes, crc32: int | None, crc32c: int | None, max_chunk_size: int,
+                 offset: int = 0) -> None:
+    """The checks every message of bytes passes first (an Upload chunk, a whole put): its
+    size, then each CRC it carries, over the data exactly as sent."""
+    if len(data) > max_chunk_size:
+        raise ChunkTooLarge(f"chunk of {len(data)} bytes exceeds max_chunk_size",
+                            max_chunk_size=max_chunk_size)
+    if crc32 is not None and crc32_of(data) != crc32:
+        raise ChecksumMismatch("crc32 of the chunk does not match", offset=offset)
+    if crc32c is not None and crc32c_of(data) != crc32c:
+        raise ChecksumMismatch("crc32c of the chunk does not match", offset=offset)
+
+
 class UploadStream:
     """One Upload stream's hold on a session: the claim, the running hash, the offsets.
 
@@ -112,13 +125,7 @@ class UploadStream:
         """Verify and store one chunk; commit when the object is complete."""
         with self._lock:
             settings = self.store.settings
-            if len(data) > settings.max_chunk_size:
-                raise ChunkTooLarge(f"chunk of {len(data)} bytes exceeds max_chunk_size",
-                                    max_chunk_size=settings.max_chunk_size)
-            if crc32 is not None and crc32_of(data) != crc32:
-                raise ChecksumMismatch("crc32 of the chunk does not match", offset=offset)
-            if crc32c is not None and crc32c_of(data) != crc32c:
-                raise ChecksumMismatch("crc32c of the chunk does not match", offset=offset)
+            verify_chunk(data, crc32, crc32c, settings.max_chunk_size, offset)
             if self.replay:
                 return  # a committed session: every chunk is a duplicate
             if self.rec.is_slice:

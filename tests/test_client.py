@@ -340,6 +340,7 @@ def fake_client(fake: FakeNode) -> Client:
     client = Client("127.0.0.1:1", retry=RetryPolicy(initial_backoff=0.001, max_backoff=0.001))
     client._stubs = [fake]
     client._reached = True
+    client.small_put_max = 0  # the fake speaks sessions: these tests are about their resume
     return client
 
 
@@ -582,6 +583,10 @@ def test_preconditions_and_final_errors(node):
         second = client.upload(io.BytesIO(b"two"), "pre", if_generation_match=first.generation)
         assert second.generation != first.generation
         with pytest.raises(errors.Sha256Mismatch) as info:
+            client.upload(io.BytesIO(b"three"), "pre", sha256="0" * 64)  # one call, no session
+        assert info.value.code == "DATA_LOSS" and "upload_id" not in info.value.metadata
+        client.small_put_max = 0
+        with pytest.raises(errors.Sha256Mismatch) as info:
             client.upload(io.BytesIO(b"three"), "pre", sha256="0" * 64)
         assert info.value.code == "DATA_LOSS" and "upload_id" in info.value.metadata
         with pytest.raises(errors.InvalidName):
@@ -589,6 +594,32 @@ def test_preconditions_and_final_errors(node):
         with pytest.raises(errors.GenerationMismatch):
             client.download("pre", io.BytesIO(), if_generation_match=first.generation)
         assert client.stat("pre").generation == second.generation
+
+
+def test_small_uploads_take_one_call_and_fall_back_to_a_session(node_factory, tmp_path):
+    # Every session this node would make fails: what gets stored went by PutObject.
+    no_sessions = node_factory(workers=1, env={"MINI_OSS_FAILPOINTS": "session_recorded=error"})
+    data = os.urandom(300_000)
+    seen = []
+    with Client(no_sessions.addr) as client:
+        info = client.upload(write(tmp_path / "small.bin", data), "small",
+                             progress=lambda d, t: seen.append((d, t)))
+        assert (info.size, info.sha256, info.file_name) == (len(data), sha(data), "small.bin")
+        assert seen == [(len(data), len(data))]
+        piped = client.upload(NonSeekable(data, step=7000), "piped", size=len(data))
+        assert piped.sha256 == sha(data)
+        assert client.get_session(info.generation).state == oss_pb2.UploadSession.COMMITTED
+        with pytest.raises(OssError) as failed:  # a precondition needs a session: none here
+            client.upload(io.BytesIO(b"x"), "small", if_generation_match=info.generation)
+        assert failed.value.code == "INTERNAL"
+        assert client.stat("small") == info
+    # A node whose max_chunk_size is below the object: refused as CHUNK_TOO_LARGE, so the
+    # client makes a session and sends it in chunks, from a source it cannot rewind too.
+    narrow = node_factory(workers=1, max_chunk_size=64 * KiB, default_chunk_size=16 * KiB)
+    with Client(narrow.addr) as client:
+        info = client.upload(NonSeekable(data, step=7000), "narrow", size=len(data))
+        assert info.sha256 == sha(data)
+        assert client.stat("narrow") == info
 
 
 def test_non_seekable_source_with_size(node):

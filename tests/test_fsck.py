@@ -253,6 +253,7 @@ def test_fsck_reports_orphans_and_quarantine(node_factory, tmp_path):
     populate(node_factory, data_dir)
     (data_dir / "objects" / "stray_x_0123456789abcdef01234567").write_bytes(b"?")
     (data_dir / "parts" / "p_x.part.0123456789abcdef01234567").write_bytes(b"half")
+    (data_dir / "parts" / "q_y.put.0123456789abcdef01234567").write_bytes(b"cut short")
     os.symlink("../objects/nothing", data_dir / "index" / "dangling")
     (data_dir / "quarantine" / "objects").mkdir(parents=True)
     (data_dir / "quarantine" / "objects" / "old_x_0123456789abcdef01234567").write_bytes(b"!")
@@ -265,13 +266,16 @@ def test_fsck_reports_orphans_and_quarantine(node_factory, tmp_path):
     assert found == {
         ("orphan_object", "objects/stray_x_0123456789abcdef01234567"),
         ("orphan_part", "parts/p_x.part.0123456789abcdef01234567"),
+        ("orphan_part", "parts/q_y.put.0123456789abcdef01234567"),
         ("index", "index/dangling"),
         ("quarantine", "quarantine/objects/old_x_0123456789abcdef01234567"),
         ("object_missing", f"objects/{a_disk}"),
     }
     assert report["quarantine"] == {"objects": ["old_x_0123456789abcdef01234567"]}
+    [put_part] = [p for p in report["problems"] if ".put." in p["path"]]
+    assert "one-call put" in put_part["message"] and "removes it" in put_part["message"]
     out = fsck(data_dir=data_dir)
-    assert out.returncode == 1 and len(out.stdout.splitlines()) == 5 + 1
+    assert out.returncode == 1 and len(out.stdout.splitlines()) == 6 + 1
 
 
 # ------------------------------------------------------------------------------------------

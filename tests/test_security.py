@@ -535,6 +535,28 @@ def test_prefix_limited_token(auth_node):
         team.delete("team-a-report")
 
 
+def test_put_object_needs_a_write_token_and_its_prefix(auth_node):
+    def put_with(token: str, object_id: str):
+        return lambda: stub.PutObject(
+            pb.PutObjectRequest(object_id=object_id, file_name="n.txt", data=b"one call"),
+            metadata=(("authorization", f"Bearer {token}"),))
+
+    with auth_node.channel() as channel:
+        stub = oss_pb2_grpc.ObjectStorageStub(channel)
+        for token, object_id in ((READER, "put-r"), (TEAM_A, "team-b-put")):
+            err = raw_error(put_with(token, object_id))
+            assert isinstance(err, errors.Forbidden), (token[:3], err)
+        assert isinstance(raw_error(put_with(WRONG, "put-x")), errors.InvalidToken)
+        assert put_with(WRITER, "put-w")().object.size == 8
+        assert put_with(TEAM_A, "team-a-put")().object.size == 8
+    with client(auth_node, ADMIN) as admin:
+        assert [o.object_id for o in admin.list_objects(prefix="put-")] == ["put-w"]
+        with pytest.raises(errors.ObjectNotFound):
+            admin.stat("team-b-put")
+        admin.delete("put-w")
+        admin.delete("team-a-put")
+
+
 def test_an_upload_id_alone_opens_no_session_outside_the_prefix(auth_node):
     """Trust first, finding 1: a team-a token that learns a team-b upload_id can neither see,
     abort nor write that session (it used to commit its own bytes into team-b's object)."""

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from conftest import RunningNode, stop_all
 from node import errors
 from node.cli import main
-from node.client import Client
+from node.client import SMALL_PUT_MAX, Client
 from node.transfers.progress import human_size
 from node.transfers.tree import Failure, Tally, UnsafePath, object_id_for, relative_path_for, walk
 from test_resume_cli import (CHUNK, SLOW, active_sessions, cli, finish, received, run_cli,
@@ -342,14 +342,17 @@ def largest(files) -> int:
 
 def test_put_r_killed_mid_tree_resumes_each_file(slow_node, tmp_path):
     src = tmp_path / "src"
-    files = make_tree(src, 12, sizes=(256 * KiB, 384 * KiB))  # ~3.8 MiB at 2 MiB/s
+    # Each file above SMALL_PUT_MAX, so each goes by a session that can resume (smaller ones
+    # take one PutObject call, with nothing to resume): ~8.5 MiB at 2 MiB/s.
+    files = make_tree(src, 6, sizes=(SMALL_PUT_MAX + 128 * KiB, SMALL_PUT_MAX + 384 * KiB))
     total = sum(map(len, files.values()))
     start = received(slow_node)
-    proc = cli("put", "-r", str(src), "--prefix", "kill-", "--addr", slow_node.addr)
+    proc = cli("put", "-r", str(src), "--prefix", "kill-", "--addr", slow_node.addr,
+               "--jobs", "2")
     parts = slow_node.data_dir / "parts"
-    # A third of the tree sent, and one file well into its bytes (the files in flight start
-    # and end together: without this the kill could fall between two of them).
-    wait_until(lambda: received(slow_node) - start >= total // 3
+    # Two files stored and two well into their bytes (the files in flight start and end
+    # together: without this the kill could fall between two of them).
+    wait_until(lambda: received(slow_node) - start >= total * 0.45
                and largest(parts.glob("kill-*")) >= 2 * CHUNK)
     proc.send_signal(signal.SIGKILL)
     assert finish(proc)[0] == -signal.SIGKILL

@@ -337,7 +337,8 @@ class PostgresCatalog:
     def commit_object(self, upload_id: str, obj: ObjectRecord, now_ms: int, expires_at_ms: int,
                       check: Callable[[ObjectRecord | None], None],
                       publish: Callable[[ObjectRecord], None],
-                      slices: Sequence[tuple[str, FileRef]] = ()) -> ObjectRecord | None:
+                      slices: Sequence[tuple[str, FileRef]] = (),
+                      new_session: SessionRecord | None = None) -> ObjectRecord | None:
         def commit(conn) -> ObjectRecord | None:
             current = self._lock_object(conn, obj.object_id)
             check(current)
@@ -345,13 +346,18 @@ class PostgresCatalog:
             updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in OBJECT_COLUMNS[1:])
             conn.execute(f"INSERT INTO objects ({_OBJECTS}) VALUES ({', '.join(['%s'] * len(OBJECT_COLUMNS))})"
                          f" ON CONFLICT (object_id) DO UPDATE SET {updates}", object_values(obj))
-            cur = conn.execute(
-                "UPDATE sessions SET state = %s, uploaded_offset = %s, updated_at_ms = %s,"
-                " expires_at_ms = %s, object = %s WHERE upload_id = %s AND state = %s",
-                (int(State.COMMITTED), obj.size, now_ms, expires_at_ms, obj.to_json(), upload_id,
-                 int(State.ACTIVE)))
-            if cur.rowcount != 1:
-                raise RuntimeError(f"session {upload_id} was not ACTIVE at commit")
+            if new_session is not None:  # a one-call put: its row is born COMMITTED
+                conn.execute(f"INSERT INTO sessions ({_SESSIONS})"
+                             f" VALUES ({', '.join(['%s'] * len(SESSION_COLUMNS))})",
+                             session_values(new_session))
+            else:
+                cur = conn.execute(
+                    "UPDATE sessions SET state = %s, uploaded_offset = %s, updated_at_ms = %s,"
+                    " expires_at_ms = %s, object = %s WHERE upload_id = %s AND state = %s",
+                    (int(State.COMMITTED), obj.size, now_ms, expires_at_ms, obj.to_json(), upload_id,
+                     int(State.ACTIVE)))
+                if cur.rowcount != 1:
+                    raise RuntimeError(f"session {upload_id} was not ACTIVE at commit")
             for slice_id, _part in slices:
                 cur = conn.execute(
                     "UPDATE sessions SET state = %s, updated_at_ms = %s, expires_at_ms = %s,"

@@ -427,7 +427,8 @@ class Catalog:
     def commit_object(self, upload_id: str, obj: ObjectRecord, now_ms: int, expires_at_ms: int,
                       check: Callable[[ObjectRecord | None], None],
                       publish: Callable[[ObjectRecord], None],
-                      slices: Sequence[tuple[str, FileRef]] = ()) -> ObjectRecord | None:
+                      slices: Sequence[tuple[str, FileRef]] = (),
+                      new_session: SessionRecord | None = None) -> ObjectRecord | None:
         """Make `obj` the current version of its object_id, atomically across processes.
 
         Inside one write transaction (so no other commit or delete of any object interleaves):
@@ -435,6 +436,8 @@ class Catalog:
         then the object row and the session's COMMITTED state are written; so are those of a
         sliced session's `slices` ((upload_id, part) pairs: their parts become garbage). Returns
         the version that was replaced (its bytes are now the caller's to free), or None.
+        A one-call put has no ACTIVE session: it passes `new_session`, its COMMITTED row, which
+        is inserted in the same transaction instead.
         """
 
         def body(db: sqlite3.Connection):
@@ -444,13 +447,18 @@ class Catalog:
             db.execute(
                 f"INSERT OR REPLACE INTO objects ({', '.join(OBJECT_COLUMNS)})"
                 f" VALUES ({', '.join('?' * len(OBJECT_COLUMNS))})", object_values(obj))
-            cur = db.execute(
-                "UPDATE sessions SET state = ?, uploaded_offset = ?, updated_at_ms = ?, expires_at_ms = ?,"
-                " object = ? WHERE upload_id = ? AND state = ?",
-                (int(State.COMMITTED), obj.size, now_ms, expires_at_ms, obj.to_json(), upload_id,
-                 int(State.ACTIVE)))
-            if cur.rowcount != 1:
-                raise RuntimeError(f"session {upload_id} was not ACTIVE at commit")
+            if new_session is not None:
+                db.execute(f"INSERT INTO sessions ({', '.join(SESSION_COLUMNS)})"
+                           f" VALUES ({', '.join('?' * len(SESSION_COLUMNS))})",
+                           session_values(new_session))
+            else:
+                cur = db.execute(
+                    "UPDATE sessions SET state = ?, uploaded_offset = ?, updated_at_ms = ?, expires_at_ms = ?,"
+                    " object = ? WHERE upload_id = ? AND state = ?",
+                    (int(State.COMMITTED), obj.size, now_ms, expires_at_ms, obj.to_json(), upload_id,
+                     int(State.ACTIVE)))
+                if cur.rowcount != 1:
+                    raise RuntimeError(f"session {upload_id} was not ACTIVE at commit")
             for slice_id, part in slices:
                 cur = db.execute(
                     "UPDATE sessions SET state = ?, updated_at_ms = ?, expires_at_ms = ?, object = ?"

@@ -82,6 +82,12 @@ def put(client: Client, store: StateStore, path: str, object_id: str, *, node: s
             session = _session_to_resume(client, entry, identity, fresh, notify)
             if session is None:
                 store.drop(UPLOAD, node, object_id, path)
+        if session is None and _fits_one_call(client, identity.size, parallel, create):
+            info = _put_in_one_call(client, f, path, identity, object_id, create)
+            if info is not None:  # (None: this node takes no such put; a session does it)
+                if progress:
+                    progress(identity.size, identity.size)
+                return info
         if session is None:
             sha256 = _sha256_of(f)
             if FileIdentity.of(os.stat(path)) != identity:
@@ -117,6 +123,23 @@ def put(client: Client, store: StateStore, path: str, object_id: str, *, node: s
             raise
     store.drop(UPLOAD, node, object_id, path)
     return info
+
+
+def _fits_one_call(client: Client, size: int, parallel: int, create: dict) -> bool:
+    """A small file with no precondition, on one stream, goes in one PutObject call: there
+    is nothing worth resuming, so no session and no state entry (API.md "One-call put")."""
+    return (size <= client.small_put_max and parallel <= 1
+            and not (create.get("if_absent") or create.get("if_generation_match")))
+
+
+def _put_in_one_call(client: Client, f, path: str, identity: FileIdentity, object_id: str,
+                     create: dict) -> ObjectInfo | None:
+    data = f.read(identity.size + 1)
+    if len(data) != identity.size or FileIdentity.of(os.stat(path)) != identity:
+        raise FileChanged(f"{path!r} changed while it was being read: not uploading it")
+    return client.put_small(object_id, data, file_name=create.get("file_name", "") or object_id,
+                            content_type=create.get("content_type", ""),
+                            metadata=create.get("metadata"))
 
 
 def bytes_done(session: oss_pb2.UploadSession) -> int:
