@@ -79,3 +79,16 @@ def test_download_decoder_raises_only_wire_error(raw):
 @pytest.mark.parametrize("value", [1, 127, 128, 300, 2**32 - 1, 2**63 - 1, -1, -(2**63)])
 def test_varint_matches_protobuf(value):
     assert b"\x10" + codec.varint(value) == pb.UploadChunk(offset=value).SerializeToString()
+
+
+@settings(max_examples=200, deadline=None)
+@given(object_id=st.text(max_size=40), file_name=st.text(max_size=40), data=st.binary(max_size=600),
+       crc32=uint32, sha256=st.text(max_size=70))
+def test_put_request_parses_as_protobuf(object_id, file_name, data, crc32, sha256):
+    """A put prefix joined to an upload body and the SHA-256 field is a PutObjectRequest."""
+    raw = (codec.put_prefix(object_id, file_name, len(data)) + codec.upload_body(data, crc32)
+           + codec.sha256_field(sha256))
+    msg = pb.PutObjectRequest.FromString(raw)
+    got = (msg.object_id, msg.file_name, msg.data, msg.crc32, msg.sha256)
+    assert got == (object_id, file_name, data, crc32, sha256)
+    assert msg.HasField("crc32") and not msg.HasField("crc32c")

@@ -12,13 +12,16 @@ same process layout. So this server has the node's shape and nothing else:
 * Upload is a sink: the first message is parsed (for its upload_id), the rest are counted as
   raw bytes and dropped, never decoded. CreateUploadSession hands out an upload_id that
   carries the declared size, so the UploadResponse reports a committed object of that size.
+* PutObject (a whole small object in one message) is parsed and answered with a committed
+  object of the data's size: the same single call the node's small-object bench makes.
 * Download is a source: one prebuilt random buffer of `--chunk-size` bytes with its CRC-32,
   repeated up to the object's size (`--object-size`; StatObject reports it, with the SHA-256
   of that repeated content, so clients verify exactly as against the node). Each message is
   serialised once per (offset, length) and cached (up to `--cache-mib` per worker), so a
   download sends prebuilt bytes: what remains is gRPC's own cost.
-* `--verify-sink`: Upload does what the node must do to every byte and nothing more (decode,
-  CRC-32, offsets, SHA-256 in a thread pool): tools/bench/verifying_sink.py says how.
+* `--verify-sink`: Upload and PutObject do what the node must do to every byte and nothing
+  more (decode, CRC-32, offsets, SHA-256 in a thread pool): tools/bench/verifying_sink.py says
+  how.
 * Its workers run with glibc malloc tuned (MALLOC_TUNING below; `--plain-malloc` to compare).
 * GetNodeInfo answers with `worker_id` (so benches see how connections landed), StatObject,
   DeleteObject and the session calls answer trivially so the same client code works.
@@ -162,6 +165,18 @@ class BareServicer:
         upload_id = first.upload_id if first is not None else ""
         return self.committed(upload_id, upload_size(upload_id))
 
+    async def put_object(self, request, context):
+        """Parsed (the node must parse it too), nothing checked: a committed object of the
+        data's size."""
+        self.received += len(request.data)
+        return self.put_committed(request, len(request.data))
+
+    def put_committed(self, request, size: int, sha256: str = ""):
+        """The PutObjectResponse of a committed object of `size` bytes."""
+        obj = self.pb.ObjectInfo(object_id=request.object_id, file_name=request.file_name, size=size,
+                                 sha256=sha256, generation="bare")
+        return self.pb.PutObjectResponse(object=obj)
+
     def committed(self, upload_id: str, size: int, sha256: str = ""):
         """The UploadResponse of a committed object of `size` bytes."""
         session = self.pb.UploadSession(upload_id=upload_id, file_size=size, uploaded_offset=size,
@@ -230,6 +245,8 @@ class BareServicer:
             "Download": grpc.unary_stream_rpc_method_handler(
                 self.download, request_deserializer=pb.DownloadRequest.FromString,
                 response_serializer=None),
+            # PutObject: a whole small object in, parsed like any unary request.
+            "PutObject": unary(self.put_object, pb.PutObjectRequest),
             "StatObject": unary(self.stat_object, pb.StatObjectRequest),
             "ListObjects": unary(self.list_objects, pb.ListObjectsRequest),
             "DeleteObject": unary(self.delete_object, pb.DeleteObjectRequest),
@@ -301,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="extra gRPC server option for experiments (repeatable), e.g. grpc.http2.bdp_probe=0")
     p.add_argument("--verify-sink", action="store_true",
                    help="Upload decodes each chunk, checks its CRC-32 and offset and hashes the "
-                        "object's SHA-256 in a pool, as the node does (tools/bench/verifying_sink.py)")
+                        "object's SHA-256 in a pool, as the node does; PutObject checks its data's "
+                        "CRC-32 and SHA-256 the same way (tools/bench/verifying_sink.py)")
     p.add_argument("--plain-malloc", action="store_true",
                    help="do not give the workers the glibc malloc settings (MALLOC_TUNING)")
     args = p.parse_args(argv)

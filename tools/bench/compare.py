@@ -7,7 +7,8 @@ has two kinds of ceiling: what gRPC itself does (the bare server) and what the d
 the lower of the two. In order, for `--modes upload,download,cold,small` (default all but small):
 
 1. the bare server (tools.bench.bare_server, `--workers` processes): upload (sink), then
-   small objects (a session and a one-message Upload each, as the node's: what gRPC alone
+   small objects (one PutObject call each, or with `--small-calls session` a session and a
+   one-message Upload: the same calls as the node's phase, so the ratio is what gRPC alone
    allows); it stays up as the source (from memory: the ceiling of warm and cold downloads
    alike) for the warm download's rounds below;
 2. upload: the verifying sink (`bare_server --verify-sink`: CRC-32 of every chunk and the
@@ -161,7 +162,8 @@ def summary(cfg, reports: dict, disk: dict, figures: dict, download_rounds: list
     if "small" in node:
         bare_small = bare.get("small")
         bare_commits = f"{bare_small['durable_commits_per_s']:.0f}" if bare_small else "-"
-        lines.append(f"| small commits/s | {node['small'].get('durable_commits_per_s', 0):.0f} | {bare_commits} | | "
+        calls = node["small"]["config"].get("upload_calls")
+        lines.append(f"| small commits/s ({calls}) | {node['small'].get('durable_commits_per_s', 0):.0f} | {bare_commits} | | "
                      f"{disk.get('small', {}).get('ops_per_s', 0):.0f} (write+fsync+rename+dir fsync) "
                      f"| {rss(node['small'])} | |")
     if len(download_rounds) > 1:

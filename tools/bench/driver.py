@@ -15,6 +15,11 @@ Life of a client process:
 Hot path: an upload chunk is `codec.upload_prefix(...) + prebuilt body` sent with an identity
 serializer; a download chunk is decoded by `codec.decode_download_chunk` without copying the
 data, then (unless --no-verify) checked: offsets in order, CRC-32 per chunk, SHA-256 at the end.
+
+An object of at most one chunk (small mode's) is by default one PutObject call,
+`codec.put_prefix(...) + its body`: it is how a client stores a small object at the node's
+cheapest, so that is what small mode measures; `--small-calls session` sends the session and
+one-message Upload it took before PutObject existed, to compare the two.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from dataclasses import dataclass, field
 from node.checksums import crc32
 from tools.bench import codec
 from tools.bench.cli import BenchConfig
-from tools.bench.workload import ContentPool, object_tag, upload_object_id
+from tools.bench.workload import ContentPool, ObjectSpec, object_tag, upload_object_id
 
 SERVICE = "/oss.v1.ObjectStorage/"
 
@@ -96,6 +101,8 @@ class Channel:
         self.create = self.channel.unary_unary(SERVICE + "CreateUploadSession",
                                                request_serializer=oss_pb2.CreateUploadSessionRequest.SerializeToString,
                                                response_deserializer=oss_pb2.UploadSession.FromString)
+        self.put = self.channel.unary_unary(SERVICE + "PutObject", request_serializer=ident,
+                                            response_deserializer=oss_pb2.PutObjectResponse.FromString)
         self.upload = self.channel.stream_unary(SERVICE + "Upload", request_serializer=ident,
                                                 response_deserializer=oss_pb2.UploadResponse.FromString)
         self.download = self.channel.unary_stream(SERVICE + "Download",
@@ -220,54 +227,58 @@ class ClientProcess:
             self.result.error_samples.append(text)
 
     async def _upload_stream(self, stream: int, ch: Channel) -> None:
-        cfg, pool, pb = self.cfg, self.pool, ch.pb
+        cfg, pool = self.cfg, self.pool
         assert pool is not None
+        upload_object = self._put_object if cfg.one_call_put else self._session_upload
         n = 0
         while self._more(n):
             spec = self._spec(stream, n)
             sha = self.sha256.get((stream, n)) or (pool.sha256(spec) if cfg.send_sha256 else "")
             started = time.perf_counter()
-            call = None
             try:
-                session = await ch.create(pb.CreateUploadSessionRequest(
-                    object_id=spec.object_id, file_name="bench.bin", file_size=spec.size,
-                    chunk_size=cfg.chunk_size, sha256=sha))
-                call = ch.upload()
-                upload_id = session.upload_id
-                sent = 0
-                for offset, length, body in pool.chunks(spec):
-                    await call.write(codec.upload_prefix(upload_id, offset, length) + body)
-                    upload_id = ""  # only the first message needs it
-                    sent += length
-                if spec.size == 0:
-                    await call.write(codec.upload_prefix(upload_id, 0, 0))
-                await call.done_writing()
-                response = await call
-                if response.object.size != spec.size:
-                    raise StreamError("NOT_COMMITTED", f"{spec.object_id}: the response carries no "
-                                      f"object of {spec.size} bytes (state {response.session.state})")
+                await upload_object(ch, spec, sha)
             except Exception as exc:  # noqa: BLE001 - count every failure by its kind
-                await self._fail_call(call, exc)
+                self._fail(exc)
             else:
                 self.result.latencies.append(time.perf_counter() - started)
-                self.result.bytes += sent
+                self.result.bytes += spec.size
                 self.result.objects += 1
                 if not cfg.keep:
                     self.result.committed.append(spec.object_id)
             n += 1
 
-    async def _fail_call(self, call, exc: BaseException) -> None:
-        """A write on a call the server already ended raises something else: ask the call."""
-        import grpc
+    async def _put_object(self, ch: Channel, spec: ObjectSpec, sha: str) -> None:
+        """The whole object in one PutObject call (its data, CRC-32 and SHA-256 if any)."""
+        assert self.pool is not None
+        request = (codec.put_prefix(spec.object_id, "bench.bin", spec.size)
+                   + self.pool.whole_body(spec) + codec.sha256_field(sha))
+        response = await ch.put(request)
+        if response.object.size != spec.size:
+            raise StreamError("NOT_COMMITTED", f"{spec.object_id}: the response carries no "
+                              f"object of {spec.size} bytes")
 
-        if call is not None and not isinstance(exc, (grpc.aio.AioRpcError, StreamError)):
-            try:
-                await call
-            except grpc.aio.AioRpcError as rpc_error:
-                exc = rpc_error
-            except Exception:  # noqa: BLE001
-                pass
-        self._fail(exc)
+    async def _session_upload(self, ch: Channel, spec: ObjectSpec, sha: str) -> None:
+        """CreateUploadSession, then every chunk on one Upload stream."""
+        pool = self.pool
+        assert pool is not None
+        session = await ch.create(ch.pb.CreateUploadSessionRequest(
+            object_id=spec.object_id, file_name="bench.bin", file_size=spec.size,
+            chunk_size=self.cfg.chunk_size, sha256=sha))
+        call = ch.upload()
+        try:
+            upload_id = session.upload_id
+            for offset, length, body in pool.chunks(spec):
+                await call.write(codec.upload_prefix(upload_id, offset, length) + body)
+                upload_id = ""  # only the first message needs it
+            if spec.size == 0:
+                await call.write(codec.upload_prefix(upload_id, 0, 0))
+            await call.done_writing()
+        except Exception as exc:  # noqa: BLE001
+            raise await _why_call_ended(call, exc) from None
+        response = await call
+        if response.object.size != spec.size:
+            raise StreamError("NOT_COMMITTED", f"{spec.object_id}: the response carries no "
+                              f"object of {spec.size} bytes (state {response.session.state})")
 
     async def _download_stream(self, stream: int, ch: Channel) -> None:
         cfg, pb = self.cfg, ch.pb
@@ -313,6 +324,22 @@ class ClientProcess:
                 self.result.bytes += expected
                 self.result.objects += 1
             n += 1
+
+
+async def _why_call_ended(call, exc: Exception) -> Exception:
+    """A write on a call the server already ended raises something else: the call's own
+    status says why (else `exc` stands)."""
+    import grpc
+
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return exc
+    try:
+        await call
+    except grpc.aio.AioRpcError as rpc_error:
+        return rpc_error
+    except Exception:  # noqa: BLE001
+        pass
+    return exc
 
 
 def _event_loop_factory():

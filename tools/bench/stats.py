@@ -83,6 +83,7 @@ def aggregate(cfg: BenchConfig, results: list[ProcessResult], node: dict, target
             "duration": cfg.duration, "verify": cfg.verify if cfg.mode == "download" else None,
             "cold_cache": cfg.cold_cache if cfg.mode == "download" else None,
             "send_sha256": cfg.send_sha256 if cfg.mode == "upload" else None,
+            "upload_calls": upload_calls(cfg),
             "object_id": cfg.object_id or None,
             "channel_args": [list(a) for a in cfg.channel_args],
             "node_env": list(cfg.node_env),
@@ -109,6 +110,13 @@ def aggregate(cfg: BenchConfig, results: list[ProcessResult], node: dict, target
     if cfg.small:
         report["durable_commits_per_s"] = objects / seconds
     return report
+
+
+def upload_calls(cfg: BenchConfig) -> str | None:
+    """How an upload run stores each object: "put" (one PutObject call) or "session"."""
+    if cfg.mode != "upload":
+        return None
+    return "put" if cfg.one_call_put else "session"
 
 
 def _fmt_s(value: float | None) -> str:
@@ -149,7 +157,9 @@ def header(cfg: BenchConfig, target: dict, machine: dict) -> str:
               else ", page cache warmed (two untimed reads per object)")
            if cfg.mode == "download" else
            ", CRC-32 on every chunk, distinct contents per object"
-           + (", SHA-256 sent" if cfg.send_sha256 else "")),
+           + (", SHA-256 sent" if cfg.send_sha256 else "")
+           + (", one PutObject call per object" if cfg.one_call_put
+              else ", a session and an Upload stream per object")),
         f"NOTE: the load generator shares this machine's {machine.get('nproc')} cores "
         f"({machine.get('cpu_model')}) with the server: its CPU (below) is taken from the server.",
     ]

@@ -1,10 +1,11 @@
-"""The verifying sink: the bare server's Upload, doing to every byte what the node must do.
+"""The verifying sink: the bare server's Upload and PutObject, doing to every byte what the node
+must do.
 
 Why: the bare sink (bare_server) never decodes an UploadChunk, so node/bare mixes two costs:
 the work any server that verifies uploads has to do (decode, CRC-32 of each chunk, SHA-256 of
 the object) and the node's own (claims, pwrite, checkpoints, the catalog). This sink does the
 first and none of the second, so "upload >= 0.80 x verifying sink" measures only the latter.
-`python -m tools.bench.bare_server --verify-sink` runs it; everything but Upload and
+`python -m tools.bench.bare_server --verify-sink` runs it; everything but Upload, PutObject and
 CreateUploadSession is the bare server's.
 
 How, mirroring node.service (`_pump`) and node.streams (`UploadStream.accept`) with the node's
@@ -20,6 +21,10 @@ own functions, so each piece costs what it costs there:
   is submitted only once chunk k is done, so the hash sees the bytes in order;
 * at the end the digest is compared with the expected one (given at CreateUploadSession,
   carried here in the upload_id, or on any chunk) and returned in ObjectInfo.sha256.
+
+PutObject (a whole small object in one message) is verified as a one-chunk Upload: one pool
+call checks the data's CRC-32 and hashes it, and the digest is compared with the request's
+`sha256`.
 
 A failure ends the call with the node's status (node.status.to_status): a wrong CRC-32 is
 DATA_LOSS / CHECKSUM_MISMATCH, a wrong SHA-256 DATA_LOSS / SHA256_MISMATCH.
@@ -45,12 +50,17 @@ class VerifiedUpload:
 
     `accept` runs in a pool thread, one call at a time per stream (the pump awaits each)."""
 
-    def __init__(self, upload_id: str) -> None:
+    def __init__(self, upload_id: str, size: int, expected_sha256: str) -> None:
         self.upload_id = upload_id
-        self.size = upload_size(upload_id)
+        self.size = size
         self.offset = 0
-        self.expected_sha256 = merge_expected_sha256("", declared_sha256(upload_id))
+        self.expected_sha256 = merge_expected_sha256("", expected_sha256)
         self.hasher = hashlib.sha256()
+
+    @classmethod
+    def of_session(cls, upload_id: str) -> "VerifiedUpload":
+        """The stream of a session this sink handed out (its upload_id carries size and hash)."""
+        return cls(upload_id, upload_size(upload_id), declared_sha256(upload_id))
 
     def accept(self, chunk: UploadChunkView) -> None:
         """Verify one chunk and hash its new bytes (node.streams.UploadStream.accept, minus
@@ -111,6 +121,18 @@ class VerifyingServicer(BareServicer):
         except OssError as err:
             await context.abort_with_status(to_status(err))
 
+    async def put_object(self, request, context):
+        """The whole object verified in one pool call, as a one-message Upload is."""
+        from node.status import to_status
+
+        self.received += len(request.data)
+        try:
+            loop = asyncio.get_running_loop()
+            digest = await loop.run_in_executor(self.pool, verify_put, request)
+            return self.put_committed(request, len(request.data), digest)
+        except OssError as err:
+            await context.abort_with_status(to_status(err))
+
     def incomplete(self, stream: VerifiedUpload):
         """The stream ended short: the session stays ACTIVE at its offset (no object)."""
         session = self.pb.UploadSession(upload_id=stream.upload_id, file_size=stream.size,
@@ -131,7 +153,7 @@ class VerifyingServicer(BareServicer):
                 if stream is None:
                     if not chunk.upload_id:
                         raise InvalidArgument("the first message must carry upload_id")
-                    stream = VerifiedUpload(chunk.upload_id)
+                    stream = VerifiedUpload.of_session(chunk.upload_id)
                 if hashing is not None:
                     await hashing
                 hashing = loop.run_in_executor(self.pool, stream.accept, chunk)
@@ -142,6 +164,15 @@ class VerifyingServicer(BareServicer):
                 hashing.add_done_callback(lambda f: f.cancelled() or f.exception())
             raise
         return stream
+
+
+def verify_put(request) -> str:
+    """A PutObjectRequest's data checked as a one-chunk upload's (its CRC-32, then its SHA-256
+    against the one it carries); returns the SHA-256."""
+    upload = VerifiedUpload("", len(request.data), request.sha256)
+    crc = request.crc32 if request.HasField("crc32") else None
+    upload.accept(UploadChunkView(offset=0, data=request.data, crc32=crc))
+    return upload.digest()
 
 
 def decode(raw: bytes) -> UploadChunkView:

@@ -86,6 +86,14 @@ class ContentPool:
             yield offset, length, body
             offset += length
 
+    def whole_body(self, spec: ObjectSpec) -> bytes:
+        """The wire body (data and its CRC-32) of an object of at most one chunk, sent in one
+        PutObject: the first chunk's (built per object, its tag makes it unique), or an empty
+        body with the CRC-32 of nothing."""
+        assert self.chunks_per_object <= 1, "a whole body is for objects of one chunk at most"
+        first = next(self.chunks(spec), None)
+        return first[2] if first else codec.upload_body(b"", crc32(b""))
+
     def chunk_data(self, spec: ObjectSpec, k: int, length: int) -> bytes:
         """The plain data of chunk k (slow path: first chunk, short last chunk, hashing)."""
         data = self.data[self._pool_index(spec, k)][:length]
