@@ -24,9 +24,9 @@ One entry per line, fields separated by white space::
   admin: also any method not listed above (fail closed: a method added to the service later is
   admin-only until it is given a role here).
 * PREFIX (optional): the token only reaches object ids that start with it. A request that
-  names an object (CreateUploadSession, PutObject, Download, StatObject, DeleteObject) must name one inside
-  the prefix; a listing (ListObjects.prefix, ListUploadSessions.object_id_prefix) must ask for a
-  prefix that itself starts with it. Anything else is PERMISSION_DENIED/FORBIDDEN.
+  names an object (CreateUploadSession, PutObject, Download, StatObject, DeleteObject) must
+  name one inside the prefix; a listing (ListObjects.prefix, ListUploadSessions.object_id_prefix)
+  must ask for a prefix that itself starts with it. Anything else is PERMISSION_DENIED/FORBIDDEN.
 * Calls keyed by an upload session (GetUploadSession, AbortUploadSession, Upload) carry no
   object id, so an upload_id alone must open nothing: the interceptor puts the token's prefix
   in `node.scope`, and the node checks it against the session's own object id once it has

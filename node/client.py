@@ -589,10 +589,18 @@ class Client:
         nothing but these bytes."""
         request = oss_pb2.PutObjectRequest(
             object_id=object_id, file_name=file_name or object_id, data=data, crc32=crc32(data),
-            sha256=sha256 or hashlib.sha256(data).hexdigest(), content_type=content_type or "", metadata=dict(metadata or {}),
-            if_absent=if_absent, if_generation_match=if_generation_match or "")
+            sha256=sha256 or hashlib.sha256(data).hexdigest(), content_type=content_type or "",
+            metadata=dict(metadata or {}), if_absent=if_absent,
+            if_generation_match=if_generation_match or "")
         return self._unary("PutObject", request,
                            idempotent=not (if_absent or if_generation_match)).object
+
+    def takes_one_call(self, size: int, *, parallel: int = 1, if_absent: bool = False,
+                       if_generation_match: str = "") -> bool:
+        """Whether an upload goes by `put_small`: small, on one stream, and with no
+        precondition (exactly-once with one needs a session; API.md "One-call put")."""
+        return (size <= self.small_put_max and parallel <= 1
+                and not (if_absent or if_generation_match))
 
     def put_small(self, object_id: str, data: bytes, **fields) -> ObjectInfo | None:
         """`put_object`, or None when this node takes no such put (an older node: UNIMPLEMENTED;
@@ -638,12 +646,13 @@ class Client:
             else:
                 if not object_id:
                     raise ValueError("object_id is required (or upload_id to continue)")
-                if (parallel <= 1 and not (if_absent or if_generation_match)
-                        and size <= self.small_put_max):
+                if self.takes_one_call(size, parallel=parallel, if_absent=if_absent,
+                                       if_generation_match=if_generation_match):
                     data = _read_exactly(fileobj, size)
-                    info = self.put_small(object_id, data, file_name=file_name or source_name or object_id,
-                                           content_type=content_type, metadata=metadata,
-                                           sha256=sha256 or "")
+                    info = self.put_small(object_id, data,
+                                          file_name=file_name or source_name or object_id,
+                                          content_type=content_type, metadata=metadata,
+                                          sha256=sha256 or "")
                     if info is not None:
                         if progress is not None:
                             progress(size, size)

@@ -202,8 +202,8 @@ class Storage:
         """Hold the lock of parts/ or objects/ `name` for the block if no process holds it:
         yields True then, False if it is held (a stream or a put at work) or gone."""
         path = os.path.join(self.layout.root, kind, name)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)  # (NFS: a write lock needs a writable fd)
+        try:  # (read-write: over NFS, flock becomes a POSIX write lock, which needs one)
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
         except OSError:
             yield False
             return

@@ -82,7 +82,10 @@ def put(client: Client, store: StateStore, path: str, object_id: str, *, node: s
             session = _session_to_resume(client, entry, identity, fresh, notify)
             if session is None:
                 store.drop(UPLOAD, node, object_id, path)
-        if session is None and _fits_one_call(client, identity.size, parallel, create):
+        if session is None and client.takes_one_call(
+                identity.size, parallel=parallel, if_absent=create.get("if_absent", False),
+                if_generation_match=create.get("if_generation_match", "")):
+            # Nothing worth resuming: no session and no state entry.
             info = _put_in_one_call(client, f, path, identity, object_id, create)
             if info is not None:  # (None: this node takes no such put; a session does it)
                 if progress:
@@ -123,13 +126,6 @@ def put(client: Client, store: StateStore, path: str, object_id: str, *, node: s
             raise
     store.drop(UPLOAD, node, object_id, path)
     return info
-
-
-def _fits_one_call(client: Client, size: int, parallel: int, create: dict) -> bool:
-    """A small file with no precondition, on one stream, goes in one PutObject call: there
-    is nothing worth resuming, so no session and no state entry (API.md "One-call put")."""
-    return (size <= client.small_put_max and parallel <= 1
-            and not (create.get("if_absent") or create.get("if_generation_match")))
 
 
 def _put_in_one_call(client: Client, f, path: str, identity: FileIdentity, object_id: str,
