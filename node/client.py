@@ -277,6 +277,11 @@ class UploadReader:
         return self._hasher.hexdigest()
 
 
+def _connect_failure(err: OssError) -> bool:
+    """A transport error raised before any connection was made (gRPC's own wording)."""
+    return "failed to connect" in err.message
+
+
 def _read_exactly(f: IO[bytes], size: int) -> bytes:
     """The next `size` bytes of the source, which must hold them (a pipe gives short reads)."""
     parts, got = [], 0
@@ -471,7 +476,9 @@ class Client:
 
     def _error(self, exc: grpc.RpcError) -> OssError:
         err = from_rpc_error(exc)
-        if err.reason:
+        if err.reason or (err.code == "UNAVAILABLE" and not _connect_failure(err)):
+            # The node answered, or took the call and then died under it (a worker killed
+            # mid-call: "Socket closed"): either way the address is right, so retry it.
             self._reached = True
         elif err.code == "UNAVAILABLE":
             with self._lock:

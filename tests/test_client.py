@@ -622,6 +622,21 @@ def test_small_uploads_take_one_call_and_fall_back_to_a_session(node_factory, tm
         assert client.stat("narrow") == info
 
 
+def test_a_fresh_clients_put_whose_worker_dies_under_it_is_retried(node_factory, tmp_path):
+    """The first call of a new client is the put itself: a worker killed under it is a node
+    that was reached (not a wrong address to give up on at once), so the put is sent again."""
+    once = tmp_path / "once"
+    once.mkdir()
+    node = node_factory(workers=1, env={"MINI_OSS_FAILPOINTS": "put_written=crash",
+                                        "MINI_OSS_FAILPOINTS_ONCE": str(once)})
+    data = os.urandom(20_000)
+    retry = RetryPolicy(max_attempts=30, initial_backoff=0.05, max_backoff=0.5)
+    with Client(node.addr, retry=retry) as client:
+        info = client.upload(io.BytesIO(data), "first-call")
+        assert os.listdir(once) == ["put_written"], "the worker never died: the test proved nothing"
+        assert info.sha256 == sha(data) and client.stat("first-call") == info
+
+
 def test_non_seekable_source_with_size(node):
     data = os.urandom(200_000)
     with Client(node.addr) as client:

@@ -118,6 +118,10 @@ def storm(node_factory, tmp_path, *, uploads: int, size: int, kills: int, node_k
         path.write_bytes(v2[object_id])
         try:
             with Client(addr, retry=policy) as client, PacedFile(path, pace) as source:
+                # Reach the node before the kills start: a client that never reached one gives
+                # up at once (a wrong address), and a small object's first call (PutObject)
+                # only goes out once its paced read is done.
+                client.node_info()
                 results[object_id] = client.upload(source, object_id, file_name=f"{object_id}.bin")
         except Exception as exc:  # reported below with the object's name
             results[object_id] = exc
