@@ -31,7 +31,9 @@ class ObjectRecord:
     disk_name: str
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
+        # (not dataclasses.asdict: it deep-copies the metadata, a cost on every commit's row)
+        fields = {f: getattr(self, f) for f in self.__slots__}
+        return json.dumps(fields, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> "ObjectRecord":
