@@ -16,9 +16,9 @@ import grpc
 import pytest
 
 from node.pb import oss_pb2 as pb
-from tests.contract import (COMMITTED, KiB, all_names_fit, create, crc32, crc32c, download_all, expect_error,
-                            get_session, list_all_sessions, msg, payload, put, sha256_hex,
-                            stat, tree, upload_chunks, wait_until)
+from tests.contract import (COMMITTED, KiB, all_names_fit, create, crc32, crc32c, download_all,
+                            expect_error, get_session, list_all_sessions, msg, payload, put,
+                            sha256_hex, stat, tree, upload_chunks, wait_until)
 
 
 def put_object(stub, object_id: str, data: bytes, **fields) -> pb.ObjectInfo:
@@ -178,7 +178,10 @@ def test_a_put_cut_short_by_a_crash_is_never_visible(node_factory, tmp_path, poi
     wait_until(lambda: serving(node), 30, what="the worker replaced")
     with expect_error("NOT_FOUND", "OBJECT_NOT_FOUND"):
         stat(node.stub(), "lost")
-    for name in os.listdir(node.data_dir / "parts"):
+    left = os.listdir(node.data_dir / "parts")  # cut before the rename: its .put. file
+    assert [n.startswith("lost_") and ".put." in n for n in left] == (
+        [True] if point == "put_written" else []), left
+    for name in left:
         _age(node.data_dir / "parts" / name)  # a minute later
     node.restart()
     with expect_error("NOT_FOUND", "OBJECT_NOT_FOUND"):
@@ -214,3 +217,20 @@ def test_recovery_leaves_a_held_or_young_put_file_alone(node_factory):
     assert os.listdir(parts) == []
     assert not (node.data_dir / "quarantine").exists() or not any(
         (node.data_dir / "quarantine").rglob("*.put.*"))
+
+
+def test_the_sweep_removes_a_dead_puts_file_while_the_node_serves(node_factory):
+    node = node_factory(workers=1, env={"MINI_OSS_SWEEP_INTERVAL": "0.2"})
+    parts = node.data_dir / "parts"
+    dead, held = parts / ("obj_c.bin.put." + "3" * 24), parts / ("obj_d.bin.put." + "4" * 24)
+    for path in (dead, held):
+        path.write_bytes(b"cut short")
+        _age(path)
+    fd = os.open(held, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        wait_until(lambda: not dead.exists(), 10, what="the sweep removing the dead put's file")
+        assert held.exists()  # (the same sweep looked at both: one pass lists parts/ once)
+    finally:
+        os.close(fd)
+    wait_until(lambda: not held.exists(), 10, what="the file once its holder let go")
