@@ -223,12 +223,12 @@ def test_the_sweep_removes_a_dead_puts_file_while_the_node_serves(node_factory):
     node = node_factory(workers=1, env={"MINI_OSS_SWEEP_INTERVAL": "0.2"})
     parts = node.data_dir / "parts"
     dead, held = parts / ("obj_c.bin.put." + "3" * 24), parts / ("obj_d.bin.put." + "4" * 24)
-    for path in (dead, held):
-        path.write_bytes(b"cut short")
-        _age(path)
-    fd = os.open(held, os.O_RDWR)
+    fd = os.open(held, os.O_RDWR | os.O_CREAT)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held before it looks old: no sweep may catch it free
+        for path in (dead, held):
+            path.write_bytes(b"cut short")
+            _age(path)
         wait_until(lambda: not dead.exists(), 10, what="the sweep removing the dead put's file")
         assert held.exists()  # (the same sweep looked at both: one pass lists parts/ once)
     finally:
