@@ -168,8 +168,12 @@ class Draining(OssError):
 
 
 class CatalogUnavailable(OssError):
-    """The catalog's database cannot be reached (PostgreSQL down or restarting): try again."""
+    """The catalog's database cannot be reached (PostgreSQL down or restarting): try again.
+
+    `maybe_done` (node-side only, never on the wire): the failure came after a write
+    transaction had begun, so it may have committed; before that, nothing was written."""
     code, reason = "UNAVAILABLE", "CATALOG_UNAVAILABLE"
+    maybe_done = False
 
 
 def _all_subclasses(cls: type) -> list[type]:

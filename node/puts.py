@@ -26,7 +26,7 @@ import time
 
 from node import failpoints, names
 from node.catalog import ObjectRecord
-from node.errors import CatalogUnavailable, GenerationMismatch, ObjectExists, Sha256Mismatch
+from node.errors import GenerationMismatch, ObjectExists, Sha256Mismatch
 from node.session_rules import State, check_preconditions
 from node.storage import OBJECTS, PARTS, PartClaim
 from node.store import NewSession, Store
@@ -81,7 +81,7 @@ def put_object(store: Store, fields: NewSession, data: bytes, crc32: int | None,
     except BaseException as exc:
         _undo(store, claim, rec.object_id, disk_name, staged,
               published=not isinstance(exc, (ObjectExists, GenerationMismatch)),
-              outcome_known=not isinstance(exc, CatalogUnavailable))
+              outcome_known=not getattr(exc, "maybe_done", False))
         raise
     failpoints.hit("commit_recorded")
     store.storage.fsync_dir(store.storage.layout.index)
@@ -99,8 +99,9 @@ def _undo(store: Store, claim: PartClaim, object_id: str, disk_name: str, staged
     transaction that rolled back after `publish` may have left the index entry on this
     version: it is put back first (readers go by the catalog; the index follows it).
 
-    When the catalog's database went away mid-transaction the commit may have happened, so a
-    file already in objects/ is kept: recovery keeps it if a row names it, else sets it aside."""
+    When the catalog's database went away inside the transaction (CatalogUnavailable.maybe_done)
+    the commit may have happened, so a file already in objects/ is kept: recovery keeps it if a
+    row names it, else sets it aside. One that failed before the transaction began is freed."""
     try:
         if staged:
             store.storage.discard_staged(staged)

@@ -264,9 +264,17 @@ def test_postgres_stopped_mid_upload_then_back_the_upload_resumes_and_commits(no
         with pytest.raises(grpc.RpcError) as stream:
             stub.Upload(iter([chunk(s.upload_id, 128 * KiB, data[128 * KiB:192 * KiB])]))
         assert from_rpc_error(stream.value).code == "UNAVAILABLE"
+        objects_before = os.listdir(node.data_dir / "objects")
+        with pytest.raises(grpc.RpcError) as put:  # refused before its transaction began:
+            stub.PutObject(pb.PutObjectRequest(object_id="in-outage", file_name="p", data=data))
+        err = from_rpc_error(put.value)
+        assert (err.code, err.reason) == ("UNAVAILABLE", "CATALOG_UNAVAILABLE")
+        assert os.listdir(node.data_dir / "objects") == objects_before  # so its file is gone
+        assert not any(".put." in n for n in os.listdir(node.data_dir / "parts"))
         pg.start_again()
         with Client(node.addr) as client:  # retries UNAVAILABLE, resumes from the durable offset
             info = client.upload(io.BytesIO(data), "through-outage", upload_id=s.upload_id)
+            assert client.put_object("in-outage", data).sha256 == info.sha256
         assert info.sha256 == hashlib.sha256(data).hexdigest()
 
 

@@ -171,7 +171,9 @@ class PostgresCatalog:
                     rechecked = True  # stale connections (the server restarted): drop, retry
                     self.pool.check()
                     continue
-                raise CatalogUnavailable(f"the catalog database failed: {str(exc).strip()}") from exc
+                failed = CatalogUnavailable(f"the catalog database failed: {str(exc).strip()}")
+                failed.maybe_done = not nothing_ran
+                raise failed from exc
         raise AssertionError("unreachable")
 
     # -- facts ------------------------------------------------------------------------------
