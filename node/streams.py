@@ -282,10 +282,15 @@ class UploadStream:
             store.events.add("sessions_aborted")
             self.committed = None
             raise
-        except BaseException:
-            # The transaction rolled back: put the bytes back where a resume expects them.
+        except BaseException as exc:
             if staged:
                 store.storage.discard_staged(staged)
+            if getattr(exc, "maybe_done", False):
+                # The catalog's database went away inside the transaction: it may have
+                # committed. The file stays in objects/, where that row would name it; the
+                # next claim moves it back only if the session is still ACTIVE (_find_part).
+                raise
+            # The transaction rolled back: put the bytes back where a resume expects them.
             store.repair_index(rec.object_id)
             store.storage.demote(disk_name, store.part_name(rec))
             self.claim.path = store.storage.layout.part(store.part_name(rec))

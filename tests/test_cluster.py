@@ -278,6 +278,37 @@ def test_postgres_stopped_mid_upload_then_back_the_upload_resumes_and_commits(no
         assert info.sha256 == hashlib.sha256(data).hexdigest()
 
 
+def test_a_commit_cut_by_postgres_going_away_mid_transaction_resumes_and_commits_once(node_factory, tmp_path):
+    """The database stops while a commit's transaction is open (the index swapped, the rows not
+    yet written): the commit may or may not have happened as far as the node can tell, so the
+    file stays in objects/; once the database is back, the retried Upload finds the session
+    still ACTIVE, moves the file back and commits."""
+    with own_postgres("midtx") as pg:
+        once = tmp_path / "once"
+        once.mkdir()
+        node = node_factory(data_dir=tmp_path / "d", catalog=pg.uri, workers=1,
+                            env={"MINI_OSS_FAILPOINTS": "commit_published=sleep:3",
+                                 "MINI_OSS_FAILPOINTS_ONCE": str(once)})
+        stub = node.stub()
+        data = os.urandom(96 * KiB)
+        s = stub.CreateUploadSession(pb.CreateUploadSessionRequest(object_id="mid-tx", file_name="f",
+                                                                   file_size=len(data)))
+        call = stub.Upload.future(iter([chunk(s.upload_id, 0, data)]), timeout=60)
+        wait_until(lambda: os.listdir(once) == ["commit_published"], 20, what="the commit mid-way")
+        pg.stop()
+        err = from_rpc_error(call.exception(timeout=30))
+        assert err.code == "UNAVAILABLE", err
+        pg.start_again()
+        with Client(node.addr) as client:
+            info = client.upload(io.BytesIO(data), "mid-tx", upload_id=s.upload_id)
+            assert info.sha256 == hashlib.sha256(data).hexdigest()
+            assert client.get_session(s.upload_id).state == pb.UploadSession.COMMITTED
+            sink = io.BytesIO()
+            client.download("mid-tx", sink)
+            assert sink.getvalue() == data
+        assert os.listdir(node.data_dir / "parts") == []
+
+
 def test_a_worker_restarted_while_postgres_is_down_boots_and_serves_when_it_is_back(node_factory, tmp_path):
     with own_postgres("worker") as pg:
         node = node_factory(data_dir=tmp_path / "d", catalog=pg.uri, workers=1)
