@@ -813,4 +813,9 @@ def test_byte_rate_paces_uploads_and_downloads(limited_node, tmp_path):
         took = time.monotonic() - started
         assert (tmp_path / "paced.out").read_bytes() == data
         assert took >= 0.9 * (size - burst) / rate, took
+        started = time.monotonic()  # one-call puts are paced by their bytes too
+        for i in range(3):
+            assert c.put_object(f"paced-{i}", data[:MiB]).size == MiB
+        took = time.monotonic() - started
+        assert took >= 0.9 * (3 * MiB - burst) / rate, took
 
