@@ -47,7 +47,7 @@ def start_node(data_dir: str) -> tuple[subprocess.Popen, str]:
                              "--data-dir", data_dir, "--metrics-listen", ""],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in proc.stdout:
-        match = re.search(r"started at :(\d+)", line)
+        match = re.search(r"mini-oss gRPC server started at :(\d+)", line)  # (not the HTTP line)
         if match:
             return proc, f"127.0.0.1:{match.group(1)}"
     raise SystemExit("the node did not start")
