@@ -19,6 +19,7 @@ import hashlib
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -120,6 +121,7 @@ def main(argv=None) -> int:
         if proc is not None:
             proc.terminate()
             proc.wait(60)
+        shutil.rmtree(scratch, ignore_errors=True)  # its sources, copies and the node's data
     elapsed = time.monotonic() - started
     print(f"\n{args.streams} streams for {elapsed:.0f} s: {counts['rounds']} rounds, "
           f"{counts['bytes'] / 1e9:.2f} GB moved, {len(errors)} errors")
