@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from node.pb import oss_pb2 as pb
-from tests.contract import (COMMITTED, KiB, all_names_fit, create, crc32, crc32c, download_all,
+from tests.contract import (COMMITTED, KiB, all_names_fit, caught_of, create, crc32, crc32c, download_all,
                             expect_error, get_session, list_all_sessions, msg, payload, put,
                             sha256_hex, stat, tree, upload_chunks, wait_until)
 
@@ -111,6 +111,28 @@ def test_every_refusal_has_its_reason_and_leaves_nothing(node, stub):
         stat(stub, "absent")
     assert on_disk(node) == before
     assert list_all_sessions(stub) == []
+
+
+def test_racing_if_absent_puts_commit_exactly_once(node_factory):
+    node = node_factory(workers=2)
+    stub = node.stub()
+    bodies = [payload(3000, seed) for seed in range(12)]
+    calls = [stub.PutObject.future(pb.PutObjectRequest(object_id="race", file_name="r",
+                                                       data=body, if_absent=True), timeout=30)
+             for body in bodies]
+    won, lost = [], []
+    for body, call in zip(bodies, calls):
+        try:
+            won.append((body, call.result().object))
+        except grpc.RpcError as exc:
+            lost.append(caught_of(exc))
+    assert len(won) == 1, won
+    assert {(c.code, c.reason) for c in lost} == {("ALREADY_EXISTS", "OBJECT_EXISTS")}
+    body, info = won[0]
+    assert stat(stub, "race") == info and download_all(stub, "race").data == body
+    wait_until(lambda: len(os.listdir(node.data_dir / "objects")) == 1, 5,
+               what="the losers' files freed")
+    assert os.listdir(node.data_dir / "parts") == []
 
 
 def test_size_limits(node_factory):
