@@ -16,9 +16,9 @@ import grpc
 import pytest
 
 from node.pb import oss_pb2 as pb
-from tests.contract import (COMMITTED, KiB, all_names_fit, caught_of, create, crc32, crc32c, download_all,
-                            expect_error, get_session, list_all_sessions, msg, payload, put,
-                            sha256_hex, stat, tree, upload_chunks, wait_until)
+from tests.contract import (COMMITTED, KiB, all_names_fit, caught_of, create, crc32, crc32c,
+                            download_all, expect_error, get_session, list_all_sessions, msg,
+                            payload, put, sha256_hex, stat, tree, upload_chunks, wait_until)
 
 
 def put_object(stub, object_id: str, data: bytes, **fields) -> pb.ObjectInfo:
