@@ -282,18 +282,6 @@ def _connect_failure(err: OssError) -> bool:
     return "failed to connect" in err.message
 
 
-def _read_exactly(f: IO[bytes], size: int) -> bytes:
-    """The next `size` bytes of the source, which must hold them (a pipe gives short reads)."""
-    parts, got = [], 0
-    while got < size:
-        piece = f.read(size - got)
-        if not piece:
-            raise SourceError(f"the source ended after {got} of {size} bytes")
-        parts.append(piece)
-        got += len(piece)
-    return b"".join(parts)
-
-
 def _is_seekable(f: IO[bytes]) -> bool:
     try:
         if not f.seekable():
@@ -655,7 +643,7 @@ class Client:
                     raise ValueError("object_id is required (or upload_id to continue)")
                 if self.takes_one_call(size, parallel=parallel, if_absent=if_absent,
                                        if_generation_match=if_generation_match):
-                    data = _read_exactly(fileobj, size)
+                    data = UploadReader(fileobj, size, hash=False).read(size)
                     info = self.put_small(object_id, data,
                                           file_name=file_name or source_name or object_id,
                                           content_type=content_type, metadata=metadata,

@@ -98,6 +98,9 @@ CREATE TABLE IF NOT EXISTS nodes (
 );
 """
 _SESSIONS = ", ".join(SESSION_COLUMNS)
+#: A session row: new sessions (insert_session) and a one-call put's, born COMMITTED.
+_INSERT_SESSION = (f"INSERT INTO sessions ({_SESSIONS})"
+                   f" VALUES ({', '.join(['%s'] * len(SESSION_COLUMNS))})")
 _ADD_COLUMNS = "".join(f"ALTER TABLE sessions ADD COLUMN IF NOT EXISTS {column} {sql};\n"
                        for column, sql in SESSION_COLUMNS_ADDED.items())
 SLICES_INDEX = ("CREATE INDEX IF NOT EXISTS sessions_by_parent ON sessions (parent_id, slice_offset)"
@@ -195,8 +198,6 @@ class PostgresCatalog:
 
     def insert_session(self, rec: SessionRecord, max_active: int = 0, max_per_client: int = 0,
                        slices: Sequence[SessionRecord] = ()) -> None:
-        sql = f"INSERT INTO sessions ({_SESSIONS}) VALUES ({', '.join(['%s'] * len(SESSION_COLUMNS))})"
-
         def insert(conn) -> None:
             if max_active or max_per_client:
                 conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (LOCK_SESSION_CAPS,))
@@ -209,7 +210,7 @@ class PostgresCatalog:
                                     (int(State.ACTIVE), rec.client)).fetchone()[0]
             check_session_caps(1 + len(slices), active, max_active, mine, max_per_client)
             with conn.cursor() as cur:
-                cur.executemany(sql, [session_values(r) for r in (rec, *slices)])
+                cur.executemany(_INSERT_SESSION, [session_values(r) for r in (rec, *slices)])
         self._tx(insert)
 
     def slices_of(self, parent_id: str) -> list[SessionRecord]:
@@ -349,9 +350,7 @@ class PostgresCatalog:
             conn.execute(f"INSERT INTO objects ({_OBJECTS}) VALUES ({', '.join(['%s'] * len(OBJECT_COLUMNS))})"
                          f" ON CONFLICT (object_id) DO UPDATE SET {updates}", object_values(obj))
             if new_session is not None:  # a one-call put: its row is born COMMITTED
-                conn.execute(f"INSERT INTO sessions ({_SESSIONS})"
-                             f" VALUES ({', '.join(['%s'] * len(SESSION_COLUMNS))})",
-                             session_values(new_session))
+                conn.execute(_INSERT_SESSION, session_values(new_session))
             else:
                 cur = conn.execute(
                     "UPDATE sessions SET state = %s, uploaded_offset = %s, updated_at_ms = %s,"

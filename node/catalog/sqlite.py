@@ -106,6 +106,9 @@ CREATE TABLE IF NOT EXISTS garbage (
     PRIMARY KEY (kind, name)
 ) WITHOUT ROWID;
 """
+#: A session row: new sessions (insert_session) and a one-call put's, born COMMITTED.
+INSERT_SESSION = (f"INSERT INTO sessions ({', '.join(SESSION_COLUMNS)})"
+                  f" VALUES ({', '.join('?' * len(SESSION_COLUMNS))})")
 SLICES_INDEX = ("CREATE INDEX IF NOT EXISTS sessions_by_parent ON sessions (parent_id, slice_offset)"
                 " WHERE parent_id != ''")
 
@@ -280,8 +283,6 @@ class Catalog:
         none) would be passed: the count and the insert share one write transaction, so workers
         racing for the last place cannot both win. Each slice counts as a session: it holds
         a row and a part file like one."""
-        sql = f"INSERT INTO sessions ({', '.join(SESSION_COLUMNS)}) VALUES ({', '.join('?' * len(SESSION_COLUMNS))})"
-
         def body(db: sqlite3.Connection):
             active = mine = 0
             if max_active:
@@ -291,7 +292,7 @@ class Catalog:
                 mine = db.execute("SELECT count(*) FROM sessions WHERE state = ? AND client = ?",
                                   (int(State.ACTIVE), rec.client)).fetchone()[0]
             check_session_caps(1 + len(slices), active, max_active, mine, max_per_client)
-            db.executemany(sql, [session_values(r) for r in (rec, *slices)])
+            db.executemany(INSERT_SESSION, [session_values(r) for r in (rec, *slices)])
         self._transact(body)
 
     def slices_of(self, parent_id: str) -> list[SessionRecord]:
@@ -448,9 +449,7 @@ class Catalog:
                 f"INSERT OR REPLACE INTO objects ({', '.join(OBJECT_COLUMNS)})"
                 f" VALUES ({', '.join('?' * len(OBJECT_COLUMNS))})", object_values(obj))
             if new_session is not None:
-                db.execute(f"INSERT INTO sessions ({', '.join(SESSION_COLUMNS)})"
-                           f" VALUES ({', '.join('?' * len(SESSION_COLUMNS))})",
-                           session_values(new_session))
+                db.execute(INSERT_SESSION, session_values(new_session))
             else:
                 cur = db.execute(
                     "UPDATE sessions SET state = ?, uploaded_offset = ?, updated_at_ms = ?, expires_at_ms = ?,"
