@@ -1,8 +1,8 @@
 """`mini-oss`: the command line (also `python -m node`).
 
 `serve` builds the settings (defaults < `--config FILE` < `MINI_OSS_*` environment < flags the
-user gave) and hands them to `node.server.run`, imported only there so the client commands never
-load the server. `put`, `get`, `stat`, `ls` and `rm` are thin shells over `node.client.Client`;
+user gave) and hands them to the supervisor (`node.workers.supervisor.run`), imported only there so
+the client commands never load the node. `put`, `get`, `stat`, `ls` and `rm` are thin shells over `node.client.Client`;
 `fsck` over `node.fsck` (it reads the data directory, and rebuilds its catalog on request).
 
 `get` without `-o` (or with `-o DIR`) takes the file name from the node, so it trusts none of
@@ -150,7 +150,7 @@ def _time(ms: int) -> str:
 #: `mini-oss serve` flags: one per setting (node.config documents each), with how to read it.
 SERVE_FLAGS: list[tuple[str, Any, str]] = [
     ("--listen", str, "HOST:PORT"), ("--data-dir", str, "DIR"), ("--catalog", str, "URL"),
-    ("--node-name", str, "NAME"), ("--workers", int, "N"),
+    ("--catalog-timeout", float, "SECONDS"), ("--node-name", str, "NAME"), ("--workers", int, "N"),
     ("--metrics-listen", str, "HOST:PORT"), ("--session-ttl", float, "SECONDS"),
     ("--stream-idle-timeout", float, "SECONDS"), ("--grace", float, "SECONDS"),
     ("--default-chunk-size", parse_size, "BYTES"), ("--max-chunk-size", parse_size, "BYTES"),
@@ -398,7 +398,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (config.SettingsError, OSError, tomllib.TOMLDecodeError) as exc:
         print(f"{PROG}: error: {format_error(exc)}", file=sys.stderr)
         return 2
-    from node.server import run
+    from node.workers.supervisor import run
 
     return run(settings)
 

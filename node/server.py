@@ -227,10 +227,3 @@ def event_loop_factory():
         log.warning("uvloop not available: using the default event loop")
         return None
     return uvloop.new_event_loop
-
-
-def run(settings: Settings) -> int:
-    """`mini-oss serve`: the supervisor and its workers (kept here for `node.cli`)."""
-    from node.workers.supervisor import run as run_supervisor
-
-    return run_supervisor(settings)
