@@ -33,6 +33,9 @@ class Settings:
     data_dir: str = _setting("./static", "Directory holding parts/, objects/, index/ and the catalog.")
     catalog: str = _setting("", "Catalog: empty = SQLite in the data dir (one node); a postgresql:// URL = PostgreSQL, shared by several nodes.")
     node_name: str = _setting("", "This node's name in GetNodeInfo and the catalog; empty = HOST:PORT.")
+    # A PostgreSQL restart takes a few seconds: a call waits that long for a connection before
+    # it is refused with CATALOG_UNAVAILABLE (clients retry that), rather than failing at once.
+    catalog_timeout: float = _setting(5.0, "Seconds a call waits for a PostgreSQL catalog connection before UNAVAILABLE CATALOG_UNAVAILABLE.", minimum=0.1)
     workers: int = _setting(0, "Worker processes; 0 means one per core.", minimum=0)
     metrics_listen: str = _setting("127.0.0.1:9180", "HOST:PORT of the /metrics endpoint; empty turns it off.")
     session_ttl: float = _setting(86400.0, "Seconds an idle ACTIVE session lives, and an ended one is remembered.", minimum=0.001)

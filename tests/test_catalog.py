@@ -4,12 +4,12 @@ PostgreSQL database of its own): what node.store relies on, method by method."""
 from __future__ import annotations
 
 import threading
-import types
 
 import pytest
 
 from node.catalog import ObjectRecord, SessionRecord, open_backend
-from node.errors import GenerationMismatch, ObjectExists, TooManySessions
+from node.config import Settings
+from node.errors import CatalogUnavailable, GenerationMismatch, ObjectExists, TooManySessions
 from node.session_rules import State, check_preconditions
 
 BOTH_CATALOGS = True
@@ -17,10 +17,10 @@ BOTH_CATALOGS = True
 
 @pytest.fixture
 def backend(catalog_backend, tmp_path, request):
-    settings = types.SimpleNamespace(catalog="", data_dir=str(tmp_path), io_threads=4)
+    url = ""
     if catalog_backend == "postgresql":
-        settings.catalog = request.getfixturevalue("postgres_server").new_database()
-    backend = open_backend(settings)
+        url = request.getfixturevalue("postgres_server").new_database()
+    backend = open_backend(Settings(catalog=url, data_dir=str(tmp_path), io_threads=4))
     backend.prepare()
     return backend
 
@@ -60,6 +60,19 @@ def version(object_id: str, generation: str) -> ObjectRecord:
     return ObjectRecord(object_id=object_id, generation=generation, file_name="f.bin", size=10,
                         sha256="ab" * 32, content_type="text/plain", metadata={"m": "1"},
                         created_at_ms=5, disk_name=f"{object_id}_f_{generation}.bin")
+
+
+def test_catalog_timeout_is_how_long_a_postgres_call_waits_for_a_connection():
+    # Nothing listens on port 1: every connection attempt is refused.
+    settings = Settings(catalog="postgresql://nobody@127.0.0.1:1/none", catalog_timeout=0.3)
+    pool = open_backend(settings).pool()
+    try:
+        catalog = pool.get()
+        assert catalog.pool.timeout == 0.3
+        with pytest.raises(CatalogUnavailable):
+            catalog.get_object("x")
+    finally:
+        pool.close()
 
 
 def test_prepare_twice_keeps_the_identity_and_the_secret(backend, catalog):
@@ -214,7 +227,7 @@ def test_postgres_nodes_starting_at_once_create_one_schema(postgres_server):
     (an advisory lock orders them). SQLite needs no such test: one supervisor prepares it,
     holding the data directory's lock."""
     url = postgres_server.new_database()
-    backends = [open_backend(types.SimpleNamespace(catalog=url, data_dir="", io_threads=2)) for _ in range(6)]
+    backends = [open_backend(Settings(catalog=url, data_dir="", io_threads=2)) for _ in range(6)]
     failures: list[BaseException] = []
 
     def prepare(backend) -> None:

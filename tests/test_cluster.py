@@ -249,7 +249,7 @@ def own_postgres(name: str) -> Iterator[OwnPostgres]:
 
 def test_postgres_stopped_mid_upload_then_back_the_upload_resumes_and_commits(node_factory, tmp_path):
     with own_postgres("restart") as pg:
-        node = node_factory(data_dir=tmp_path / "d", catalog=pg.uri, workers=1)
+        node = node_factory(data_dir=tmp_path / "d", catalog=pg.uri, workers=1, catalog_timeout=1)
         stub = node.stub()
         data = os.urandom(256 * KiB)
         s = stub.CreateUploadSession(pb.CreateUploadSessionRequest(object_id="through-outage",
@@ -286,7 +286,7 @@ def test_a_commit_cut_by_postgres_going_away_mid_transaction_resumes_and_commits
     with own_postgres("midtx") as pg:
         once = tmp_path / "once"
         once.mkdir()
-        node = node_factory(data_dir=tmp_path / "d", catalog=pg.uri, workers=1,
+        node = node_factory(data_dir=tmp_path / "d", catalog=pg.uri, workers=1, catalog_timeout=1,
                             env={"MINI_OSS_FAILPOINTS": "commit_published=sleep:3",
                                  "MINI_OSS_FAILPOINTS_ONCE": str(once)})
         stub = node.stub()
@@ -311,7 +311,7 @@ def test_a_commit_cut_by_postgres_going_away_mid_transaction_resumes_and_commits
 
 def test_a_worker_restarted_while_postgres_is_down_boots_and_serves_when_it_is_back(node_factory, tmp_path):
     with own_postgres("worker") as pg:
-        node = node_factory(data_dir=tmp_path / "d", catalog=pg.uri, workers=1)
+        node = node_factory(data_dir=tmp_path / "d", catalog=pg.uri, workers=1, catalog_timeout=1)
         stub = node.stub()
         stub.Upload(iter([chunk(stub.CreateUploadSession(pb.CreateUploadSessionRequest(
             object_id="before", file_name="f", file_size=3)).upload_id, 0, b"abc")]))

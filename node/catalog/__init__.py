@@ -33,7 +33,8 @@ def open_backend(settings):
     if settings.catalog and is_postgres_url(settings.catalog):
         from node.catalog.postgres import PostgresBackend
 
-        return PostgresBackend(settings.catalog, max_connections=settings.io_threads + 2)
+        return PostgresBackend(settings.catalog, max_connections=settings.io_threads + 2,
+                               timeout=settings.catalog_timeout)
     return SqliteBackend(settings.data_dir)
 
 

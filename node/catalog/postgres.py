@@ -397,9 +397,10 @@ class PostgresPool:
     """What the node logic asks for a catalog (`get()` per call): one shared PostgresCatalog
     per process, opened on first use (never in the supervisor before it forks workers)."""
 
-    def __init__(self, url: str, max_connections: int) -> None:
+    def __init__(self, url: str, max_connections: int, timeout: float = 5.0) -> None:
         self.url = url
         self.max_connections = max_connections
+        self.timeout = timeout
         self._catalog: PostgresCatalog | None = None
         self._lock = threading.Lock()
 
@@ -407,7 +408,8 @@ class PostgresPool:
         if self._catalog is None:
             with self._lock:
                 if self._catalog is None:
-                    self._catalog = PostgresCatalog(self.url, max_connections=self.max_connections)
+                    self._catalog = PostgresCatalog(self.url, max_connections=self.max_connections,
+                                                    timeout=self.timeout)
         return self._catalog
 
     def close(self) -> None:
@@ -423,9 +425,10 @@ class PostgresBackend:
     name = "postgresql"
     shares_data_dir = True
 
-    def __init__(self, url: str, max_connections: int = 8) -> None:
+    def __init__(self, url: str, max_connections: int = 8, timeout: float = 5.0) -> None:
         self.url = url
         self.max_connections = max_connections
+        self.timeout = timeout
 
     def describe(self) -> str:
         return f"PostgreSQL catalog {redact(self.url)}"
@@ -470,4 +473,4 @@ class PostgresBackend:
             return str(conn.execute("SELECT value FROM node_facts WHERE key = 'catalog_id'").fetchone()[0])
 
     def pool(self) -> PostgresPool:
-        return PostgresPool(self.url, self.max_connections)
+        return PostgresPool(self.url, self.max_connections, self.timeout)
