@@ -321,7 +321,7 @@ class ModelUpload:
 
 
 @given(st.data())
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 def test_model_upload_rebuilds_the_bytes(data):
     size = data.draw(st.integers(0, 400), label="size")
     content = data.draw(st.binary(min_size=size, max_size=size), label="content")

@@ -318,9 +318,10 @@ def test_worker_cpu_counter_never_goes_down_across_a_restart(node_factory):
     data = os.urandom(4 * 1024 * 1024)
     deadline = time.monotonic() + 120
     round_trips = 0
-    # Burn CPU in worker 0 until its counter is well above what a fresh worker uses to boot.
-    while scrape(node.metrics_url)[key] < 4.0:
-        assert time.monotonic() < deadline, "worker 0 did not reach 4 s of CPU"
+    # Burn CPU in worker 0 until its counter is well above what a fresh worker uses to boot
+    # (about 0.3 s here).
+    while scrape(node.metrics_url)[key] < 1.5:
+        assert time.monotonic() < deadline, "worker 0 did not reach 1.5 s of CPU"
         s = stub0.CreateUploadSession(pb.CreateUploadSessionRequest(
             object_id="burn", file_name="burn.bin", file_size=len(data)))
         stub0.Upload(iter([chunk(s.upload_id, o, data[o:o + CHUNK])
