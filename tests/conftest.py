@@ -55,7 +55,9 @@ def pytest_generate_tests(metafunc):
     both = metafunc.module.__name__.startswith("test_api_") or getattr(metafunc.module, "BOTH_CATALOGS", False)
     if both and "catalog_backend" in metafunc.fixturenames:
         catalogs = getattr(metafunc.module, "CATALOGS", ["sqlite", "postgresql"])
-        metafunc.parametrize("catalog_backend", catalogs, indirect=True)
+        # Module scope: pytest runs a module's tests catalog by catalog, so a module-scoped
+        # node (`shared_node`) is started once per catalog, not once per test.
+        metafunc.parametrize("catalog_backend", catalogs, indirect=True, scope="module")
 
 
 class PostgresServer:
@@ -115,7 +117,7 @@ def _cache_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def catalog_backend(request) -> str:
     return getattr(request, "param", "sqlite")
 
@@ -289,9 +291,32 @@ def stop_all(nodes: list[RunningNode]) -> None:
             node.kill()
 
 
+@pytest.fixture(scope="module")
+def shared_node(tmp_path_factory, request, catalog_backend):
+    """One node (one worker) for all the tests of a module that sets `SHARED_NODE = True`, per
+    catalog: a node's start costs about half a second of CPU, and the API modules alone started
+    three hundred. Those tests name their objects and sessions for themselves and look only at
+    what they made, so what earlier tests left on the node is not theirs to see. A test that
+    looks at the whole node (listings, every file in the data directory) or stops it is marked
+    `own_node` and gets a fresh one; one that needs flags of its own takes `node_factory`."""
+    flags: dict[str, object] = {"workers": 1}
+    if catalog_backend == "postgresql":
+        flags["catalog"] = request.getfixturevalue("postgres_server").new_database()
+    node = RunningNode(tmp_path_factory.mktemp("shared"), flags)
+    node.start()
+    yield node
+    node.kill()
+
+
 @pytest.fixture
-def node(node_factory) -> RunningNode:
-    return node_factory(workers=1)
+def node(request, catalog_backend) -> RunningNode:
+    """A node with one worker: the module's shared node (see `shared_node`), else a fresh one."""
+    if getattr(request.module, "SHARED_NODE", False) and not request.node.get_closest_marker("own_node"):
+        shared = request.getfixturevalue("shared_node")
+        if shared.proc is None or shared.proc.poll() is not None:
+            shared.start()  # a test stopped or killed it: the next one gets it back
+        return shared
+    return request.getfixturevalue("node_factory")(workers=1)
 
 
 @pytest.fixture

@@ -17,6 +17,8 @@ from node.pb import oss_pb2_grpc
 from tests.contract import (create, download_all, KiB, MiB, node_info, payload, put, raises,
                             sha256_hex, stat, upload_data)
 
+SHARED_NODE = True  # tests that take `node`/`stub` share one node per catalog (conftest)
+
 #: A download reads one catalog row (the object's), by the same query on both backends, and that
 #: query runs on PostgreSQL in tests/test_catalog.py and in every other contract module; the
 #: rest of a download is files and gRPC. So these run on SQLite only, which keeps the suite

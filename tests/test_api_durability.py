@@ -24,6 +24,8 @@ from tests.contract import (ABORTED, ACTIVE, COMMITTED, create, download_all, ex
                             node_info, payload, put, sha256_hex, split, stat, upload_chunks,
                             upload_data, wait_until)
 
+SHARED_NODE = True  # tests that take `node`/`stub` share one node per catalog (conftest)
+
 CHUNK = 16 * KiB
 
 
@@ -143,6 +145,7 @@ def test_an_error_offset_is_durable_across_kill_9(node):
     check_object(stub, "obj", data)
 
 
+@pytest.mark.own_node
 def test_committed_objects_and_ended_sessions_survive_kill_9(node):
     stub = node.stub()
     a = payload(100_000, 1)

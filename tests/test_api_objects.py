@@ -22,6 +22,8 @@ from tests.contract import (all_names_fit, channels_by_worker, create, download_
                             node_info, now_ms, object_files, part_file, payload, put, raises,
                             sha256_hex, Soft, stat, tree, upload_chunks, upload_data, wait_until)
 
+SHARED_NODE = True  # tests that take `node`/`stub` share one node per catalog (conftest)
+
 
 # --- StatObject ---------------------------------------------------------------------------
 
@@ -117,6 +119,7 @@ def make_objects(stub, ids, size=0):
         return list(pool.map(one, ids))
 
 
+@pytest.mark.own_node
 def test_list_objects_sorted_with_prefix(node, stub):
     ids = ["b", "a-2", "a-10", "A", "a", "c.x", "a_1", "ab", "z", "0"]
     infos = {i.object_id: i for i in make_objects(stub, ids, 10)}
@@ -132,6 +135,7 @@ def test_list_objects_sorted_with_prefix(node, stub):
     assert "pending" not in [o.object_id for o in list_all_objects(stub)]
 
 
+@pytest.mark.own_node
 def test_list_objects_paging_visits_every_object_once(node, stub):
     ids = [f"obj-{i:02d}" for i in range(23)] + ["other-1", "other-2"]
     make_objects(stub, ids)
@@ -151,6 +155,7 @@ def test_list_objects_paging_visits_every_object_once(node, stub):
     assert seen == sorted(i for i in ids if i.startswith("obj-"))
 
 
+@pytest.mark.own_node
 def test_list_objects_page_size_zero_means_100(node, stub):
     ids = [f"o{i:03d}" for i in range(101)]
     make_objects(stub, ids)
@@ -161,6 +166,7 @@ def test_list_objects_page_size_zero_means_100(node, stub):
     assert rest.next_page_token == ""
 
 
+@pytest.mark.own_node
 def test_list_objects_page_size_over_1000_is_cut_to_1000(node, stub):
     ids = [f"o{i:04d}" for i in range(1001)]
     make_objects(stub, ids)
@@ -190,6 +196,7 @@ BAD_OBJECT_IDS = ["", "x" * 129, ".", "..", ".hidden", "a/b", "a\x00b", "ü", "a
 GOOD_OBJECT_IDS = ["x" * 128, "a", "A-z_0.9", "a..b", "-lead", "_", "a.", "0"]
 
 
+@pytest.mark.own_node
 def test_invalid_object_ids_are_invalid_name_in_every_call(node, stub):
     soft = Soft()
     calls = {
@@ -207,6 +214,7 @@ def test_invalid_object_ids_are_invalid_name_in_every_call(node, stub):
     assert stub.ListUploadSessions(pb.ListUploadSessionsRequest()).sessions == []
 
 
+@pytest.mark.own_node
 def test_valid_object_ids_work(node, stub):
     for oid in GOOD_OBJECT_IDS:
         data = payload(10, len(oid))
@@ -223,6 +231,7 @@ GOOD_FILE_NAMES = ["x" * 255, "é" * 127 + "x", "😀" * 63 + "abc", ".hidden", 
                    "x" * 10 + "." + "y" * 244]
 
 
+@pytest.mark.own_node
 def test_invalid_file_names_are_invalid_name(node, stub):
     soft = Soft()
     for name in BAD_FILE_NAMES:

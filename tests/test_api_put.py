@@ -20,6 +20,8 @@ from tests.contract import (COMMITTED, KiB, all_names_fit, caught_of, create, cr
                             download_all, expect_error, get_session, list_all_sessions, msg,
                             payload, put, sha256_hex, stat, tree, upload_chunks, wait_until)
 
+SHARED_NODE = True  # tests that take `node`/`stub` share one node per catalog (conftest)
+
 
 def put_object(stub, object_id: str, data: bytes, **fields) -> pb.ObjectInfo:
     fields.setdefault("file_name", "note.txt")
@@ -60,6 +62,7 @@ def test_put_commits_the_object_and_its_session(node, stub):
     assert (node.data_dir / "objects" / only).read_bytes() == data
 
 
+@pytest.mark.own_node
 def test_put_replaces_the_current_version_and_frees_its_file(node, stub):
     first = put(stub, "doc", payload(3000, 1)).object  # a session-made version
     second = put_object(stub, "doc", payload(100, 2), if_generation_match=first.generation)

@@ -11,12 +11,15 @@ import concurrent.futures
 import time
 
 import grpc
+import pytest
 
 from node.pb import oss_pb2 as pb
 from tests.contract import (ABORTED, ACTIVE, COMMITTED, caught_of, create, expect_error,
                             forged_tokens, get_session, hold, KiB, list_all_sessions, msg,
                             node_info, now_ms, open_upload, part_file, payload, put, sha256_hex,
                             Soft, split, stat, upload_chunks, upload_data, wait_until)
+
+SHARED_NODE = True  # tests that take `node`/`stub` share one node per catalog (conftest)
 
 CHUNK = 4 * KiB
 
@@ -116,6 +119,7 @@ def test_ended_sessions_are_shown_until_expires_at_then_forgotten(node_factory):
 
 # --- Abort --------------------------------------------------------------------------------
 
+@pytest.mark.own_node
 def test_abort_active_session_frees_its_bytes(node, stub):
     data = payload(3 * CHUNK)
     s = create(stub, "obj", data)
@@ -164,6 +168,7 @@ def test_abort_while_a_stream_writes_is_session_busy(node, stub):
 
 # --- ListUploadSessions -------------------------------------------------------------------
 
+@pytest.mark.own_node
 def test_list_upload_sessions_active_only_sorted_with_prefix(node, stub):
     made = [create(stub, oid, 100) for oid in ["b", "a", "c", "a", "b", "a-1", "ab"]]
     committed = put(stub, "a", payload(10)).session
@@ -182,6 +187,7 @@ def test_list_upload_sessions_active_only_sorted_with_prefix(node, stub):
         object_id_prefix="zz")).sessions) == []
 
 
+@pytest.mark.own_node
 def test_list_upload_sessions_paging(node, stub):
     made = [create(stub, f"o{i % 7}", 100) for i in range(20)]
     want = [s.upload_id for s in sorted(made, key=lambda s: (s.object_id, s.upload_id))]
@@ -193,6 +199,7 @@ def test_list_upload_sessions_paging(node, stub):
                    if s.object_id == "o3"]
 
 
+@pytest.mark.own_node
 def test_list_upload_sessions_page_sizes_0_and_over_1000(node, stub):
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda i: create(stub, f"o{i:04d}", 10), range(1001)))

@@ -20,6 +20,8 @@ from tests.contract import (ABORTED, ACTIVE, AUTO, COMMITTED, caught_of, crc32, 
                             Soft, stat, upload_chunks, upload_data, wait_until, CHUNK,
                             check_failed, finish)
 
+SHARED_NODE = True  # tests that take `node`/`stub` share one node per catalog (conftest)
+
 # --- the first message and upload_id -------------------------------------------------------
 
 def test_empty_stream_is_invalid_argument(node, stub):
@@ -85,6 +87,7 @@ def test_chunk_size_zero_is_the_node_default(node, stub):
     assert create(stub, "obj", 100).chunk_size == node_info(stub).default_chunk_size
 
 
+@pytest.mark.own_node
 def test_negative_chunk_size_is_invalid_argument_and_creates_nothing(node, stub):
     with expect_error("INVALID_ARGUMENT", "INVALID_ARGUMENT"):
         create(stub, "obj", 100, chunk_size=-1)
@@ -199,6 +202,7 @@ def test_gap_is_offset_mismatch(node, stub):
     finish(stub, s.upload_id, data)
 
 
+@pytest.mark.own_node
 def test_bytes_past_file_size_are_past_end(node, stub):
     data = payload(2 * CHUNK + 100)
     s = create(stub, "obj", data)
@@ -352,6 +356,7 @@ def test_sha256_on_a_chunk_is_remembered_for_later_streams(node, stub):
     finish(stub, s.upload_id, data)
 
 
+@pytest.mark.own_node
 def test_wrong_sha256_on_a_chunk_is_remembered_and_fails_the_commit(node, stub):
     data = payload(3 * CHUNK)
     s = create(stub, "obj", data)
@@ -386,6 +391,7 @@ def test_two_differing_sha256_are_invalid_argument(node, stub):
     finish(stub, t.upload_id, data)
 
 
+@pytest.mark.own_node
 @pytest.mark.parametrize("bad", ["abc", "g" * 64, "0" * 63, "0" * 65, " " + "0" * 63])
 def test_malformed_sha256_is_invalid_argument(node, stub, bad):
     with expect_error("INVALID_ARGUMENT", "INVALID_ARGUMENT"):

@@ -24,6 +24,8 @@ from tests.contract import (ABORTED, ACTIVE, COMMITTED, channels_by_worker, crc3
                             split, stat, upload_chunks, upload_data, wait_until, CHUNK,
                             check_failed, finish)
 
+SHARED_NODE = True  # tests that take `node`/`stub` share one node per catalog (conftest)
+
 
 # --- preconditions ------------------------------------------------------------------------
 
@@ -37,6 +39,7 @@ def test_if_absent_fails_at_create_when_the_object_exists(node, stub):
     put(stub, "other", data, if_absent=True)
 
 
+@pytest.mark.own_node
 def test_if_absent_fails_at_commit_when_another_upload_committed_meanwhile(node, stub):
     data = payload(2 * CHUNK, 1)
     s = create(stub, "obj", data, if_absent=True)
@@ -102,6 +105,7 @@ def test_if_absent_and_if_generation_match_must_both_hold(node, stub):
 
 # --- streams that end early, resume, committed sessions ------------------------------------
 
+@pytest.mark.own_node
 def test_stream_ending_early_returns_the_new_offset_and_a_later_stream_resumes(node, stub):
     data = payload(5 * CHUNK + 17)
     s = create(stub, "obj", data)
@@ -195,12 +199,14 @@ def test_session_busy_across_workers_and_resume_on_another_worker(node_factory):
             c.close()
 
 
+@pytest.mark.own_node
 def test_upload_to_an_unknown_session_is_session_not_found(node, stub):
     with expect_error("NOT_FOUND", "SESSION_NOT_FOUND"):
         upload_chunks(stub, "no-such-upload", [(0, b"abc")])
     assert not (node.data_dir / "parts").exists() or not list((node.data_dir / "parts").iterdir())
 
 
+@pytest.mark.own_node
 def test_upload_to_an_aborted_session_is_session_not_found(node, stub):
     data = payload(2 * CHUNK)
     s = create(stub, "obj", data)
