@@ -109,10 +109,15 @@ def test_compare_end_to_end_with_every_ceiling(tmp_path):
     assert reports["bare"]["small"]["durable_commits_per_s"] > 0
     assert set(data["ratios"]) == {"upload_per_verifying_sink", "upload_per_min_bare_disk", "download_per_bare",
                                    "cold_per_min_bare_disk", "small_per_disk_loop", "small_per_min_bare_disk",
+                                   "small_per_bare_then_disk",
                                    "upload_rss_per_bare_sink", "upload_rss_per_verifying_sink"}
     assert all(value > 0 for value in data["ratios"].values())
     assert "- cold_per_min_bare_disk:" in proc.stdout and "| cold download MB/s |" in proc.stdout
     assert "- small_per_min_bare_disk:" in proc.stdout
+    bare_small = reports["bare"]["small"]["durable_commits_per_s"]
+    in_turn = 1 / (1 / bare_small + 1 / disk["small"]["ops_per_s"])
+    assert data["ratios"]["small_per_bare_then_disk"] == pytest.approx(
+        reports["node"]["small"]["durable_commits_per_s"] / in_turn)
     # Warm downloads alternate bare and node; the reported pair is the median round's.
     rounds = data["download_rounds"]
     assert len(rounds) == 2 and all(r["ratio"] > 0 for r in rounds)
