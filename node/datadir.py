@@ -30,7 +30,7 @@ from multiprocessing import reduction
 from typing import Iterator
 
 from node.catalog import CatalogState
-from node.storage import Storage
+from node.dir_sync import fsync_dir
 
 LOCK_FILE = "mini-oss.lock"
 CATALOG_ID_FILE = "catalog-id"
@@ -204,7 +204,7 @@ def write_catalog_id(data_dir: str, catalog_id: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.rename(tmp, path)
-    Storage.fsync_dir(data_dir)
+    fsync_dir(data_dir)
 
 
 def check_catalog(data_dir: str, backend=None, log=None) -> None:
@@ -266,6 +266,6 @@ def install_catalog(data_dir: str, built_path: str) -> str | None:
             target = os.path.join(data_dir, (kept or CATALOG_FILE + ".stale") + suffix)
             os.rename(catalog_path + suffix, target)
     os.rename(built_path, catalog_path)
-    Storage.fsync_dir(data_dir)
+    fsync_dir(data_dir)
     write_catalog_id(data_dir, Catalog.prepared_id(data_dir))
     return kept
