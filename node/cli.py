@@ -157,7 +157,7 @@ SERVE_FLAGS: list[tuple[str, Any, str]] = [
     ("--max-object-size", parse_size, "BYTES"), ("--log-level", str, "LEVEL"),
     ("--checkpoint-bytes", parse_size, "BYTES"), ("--checkpoint-interval", float, "SECONDS"),
     ("--direct-io", bool, ""), ("--download-readahead", parse_size, "BYTES"),
-    ("--io-threads", int, "N"), ("--sweep-interval", float, "SECONDS"),
+    ("--io-threads", int, "N"), ("--put-threads", int, "N"), ("--sweep-interval", float, "SECONDS"),
     ("--max-sessions", int, "N"), ("--max-sessions-per-client", int, "N"),
     ("--disk-reserve", parse_size, "BYTES"), ("--rate-limit-requests", float, "PER_SECOND"),
     ("--rate-limit-bytes", parse_size, "BYTES_PER_SECOND"),

@@ -110,12 +110,14 @@ class Worker:
         self.credentials = server_credentials(settings)
         table = load_token_file(settings.auth_token_file) if settings.auth_token_file else None
         self.pool = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="oss-io")
+        self.put_pool = ThreadPoolExecutor(settings.put_threads, thread_name_prefix="oss-put")
         events = LoopForwarder(asyncio.get_running_loop(), metrics) if metrics is not None else None
         self.store = Store(settings, events=events)
         limiter = None
         if settings.rate_limit_requests > 0 or settings.rate_limit_bytes > 0:
             limiter = RateLimiter(settings)
-        self.servicer = ObjectStorageServicer(self.store, self.pool, workers=workers,
+        self.servicer = ObjectStorageServicer(self.store, self.pool, put_pool=self.put_pool,
+                                              workers=workers,
                                               worker_id=worker_id, metrics=metrics,
                                               limiter=limiter)
         # First: it must see the handler every later interceptor returns (see node.one_message).
@@ -186,7 +188,8 @@ class Worker:
         await asyncio.gather(*closing)
         # Cancelled uploads queue their checkpoints in the pool: let them finish first.
         await self.servicer.wait_for_cleanups(timeout=30.0)
-        await asyncio.get_running_loop().run_in_executor(None, self.pool.shutdown, True)
+        for pool in (self.put_pool, self.pool):
+            await asyncio.get_running_loop().run_in_executor(None, pool.shutdown, True)
         self.store.close()
 
 

@@ -71,10 +71,13 @@ class NoLimits:
 
 
 class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
-    def __init__(self, store: Store, pool: ThreadPoolExecutor, *, workers: int = 1,
+    def __init__(self, store: Store, pool: ThreadPoolExecutor, *,
+                 put_pool: ThreadPoolExecutor | None = None, workers: int = 1,
                  worker_id: int = 0, metrics=None, limiter=None) -> None:
         self.store = store
         self.pool = pool
+        #: One-call puts run here (config.put_threads says why), the rest in `pool`.
+        self.put_pool = put_pool or pool
         self.workers = workers
         self.worker_id = worker_id
         self.draining = False
@@ -370,8 +373,8 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
                 crc32c = request.crc32c if request.HasField("crc32c") else None
                 self._stream_started()
                 try:
-                    obj = await self._run(put_object, self.store, fields, request.data, crc32,
-                                          crc32c)
+                    obj = await asyncio.get_running_loop().run_in_executor(
+                        self.put_pool, put_object, self.store, fields, request.data, crc32, crc32c)
                 finally:
                     self._stream_ended()
             return oss_pb2.PutObjectResponse(object=object_info(obj))

@@ -138,6 +138,25 @@ def test_racing_if_absent_puts_commit_exactly_once(node_factory):
     assert os.listdir(node.data_dir / "parts") == []
 
 
+def test_puts_and_session_commits_share_the_catalog_from_their_own_pools(node_factory):
+    """Puts run in their own threads (--put-threads), sessions in the I/O threads; with one of
+    each, concurrent puts and uploads all commit (they meet in the catalog's group commit and
+    the shared directory fsyncs) and each object reads back as sent."""
+    node = node_factory(workers=1, put_threads=1, io_threads=1)
+    stub = node.stub()
+    puts = {f"p{i}": payload(2000 + i, i) for i in range(16)}
+    uploads = {f"u{i}": payload(3 * KiB + i, 100 + i) for i in range(4)}
+    sessions = {oid: create(stub, oid, data) for oid, data in uploads.items()}
+    calls = [stub.PutObject.future(pb.PutObjectRequest(object_id=oid, file_name="f", data=data),
+                                   timeout=60) for oid, data in puts.items()]
+    streams = [stub.Upload.future(iter([msg(0, data, sessions[oid].upload_id)]), timeout=60)
+               for oid, data in uploads.items()]
+    assert all(call.result().object.size == len(data) for call, data in zip(calls, puts.values()))
+    assert all(s.result().session.state == COMMITTED for s in streams)
+    for oid, data in {**puts, **uploads}.items():
+        assert download_all(stub, oid).data == data
+
+
 def test_size_limits(node_factory):
     node = node_factory(workers=1, max_chunk_size=64 * KiB, default_chunk_size=16 * KiB,
                         max_object_size=100 * KiB)
