@@ -61,7 +61,7 @@ class Settings:
     io_threads: int = _setting(8, "Threads per worker for hashing, pwrite, pread and the catalog.", minimum=1)
     # Measured (tools/bench/RESULTS.md, session 8): a put spends most of its time waiting on
     # fsyncs and on the catalog's group commit, so more puts in flight make bigger batches;
-    # 100 puts of 16 KiB on ext4: 765/s with the 8 I/O threads, 890-915/s with 32. A put's
+    # 100 puts of 16 KiB on ext4: 724-856/s with 8 put threads, 922-995/s with 32. A put's
     # file is written buffered, so a put thread keeps no O_DIRECT buffer (RSS stays flat).
     put_threads: int = _setting(32, "Threads per worker for one-call puts (PutObject), apart from the I/O threads.", minimum=1)
     sweep_interval: float = _setting(60.0, "Seconds between sweeps that expire idle sessions.", minimum=0.01)
