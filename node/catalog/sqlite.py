@@ -107,6 +107,9 @@ CREATE TABLE IF NOT EXISTS garbage (
 ) WITHOUT ROWID;
 """
 #: A session row: new sessions (insert_session) and a one-call put's, born COMMITTED.
+_SELECT_OBJECT = f"SELECT {', '.join(OBJECT_COLUMNS)} FROM objects WHERE object_id = ?"
+_REPLACE_OBJECT = (f"INSERT OR REPLACE INTO objects ({', '.join(OBJECT_COLUMNS)})"
+                   f" VALUES ({', '.join('?' * len(OBJECT_COLUMNS))})")
 INSERT_SESSION = (f"INSERT INTO sessions ({', '.join(SESSION_COLUMNS)})"
                   f" VALUES ({', '.join('?' * len(SESSION_COLUMNS))})")
 SLICES_INDEX = ("CREATE INDEX IF NOT EXISTS sessions_by_parent ON sessions (parent_id, slice_offset)"
@@ -441,20 +444,24 @@ class Catalog:
         is inserted in the same transaction instead.
         """
 
+        # Rows are built before the transaction: its writer holds the catalog's lock for every
+        # process, so the work done under it is only the statements.
+        object_row = object_values(obj)
+        session_row = session_values(new_session) if new_session is not None else None
+        object_json = obj.to_json()
+
         def body(db: sqlite3.Connection):
             current = self._get_object_in(db, obj.object_id)
             check(current)
             publish(obj)
-            db.execute(
-                f"INSERT OR REPLACE INTO objects ({', '.join(OBJECT_COLUMNS)})"
-                f" VALUES ({', '.join('?' * len(OBJECT_COLUMNS))})", object_values(obj))
-            if new_session is not None:
-                db.execute(INSERT_SESSION, session_values(new_session))
+            db.execute(_REPLACE_OBJECT, object_row)
+            if session_row is not None:
+                db.execute(INSERT_SESSION, session_row)
             else:
                 cur = db.execute(
                     "UPDATE sessions SET state = ?, uploaded_offset = ?, updated_at_ms = ?, expires_at_ms = ?,"
                     " object = ? WHERE upload_id = ? AND state = ?",
-                    (int(State.COMMITTED), obj.size, now_ms, expires_at_ms, obj.to_json(), upload_id,
+                    (int(State.COMMITTED), obj.size, now_ms, expires_at_ms, object_json, upload_id,
                      int(State.ACTIVE)))
                 if cur.rowcount != 1:
                     raise RuntimeError(f"session {upload_id} was not ACTIVE at commit")
@@ -462,7 +469,7 @@ class Catalog:
                 cur = db.execute(
                     "UPDATE sessions SET state = ?, updated_at_ms = ?, expires_at_ms = ?, object = ?"
                     " WHERE upload_id = ? AND state = ?",
-                    (int(State.COMMITTED), now_ms, expires_at_ms, obj.to_json(), slice_id,
+                    (int(State.COMMITTED), now_ms, expires_at_ms, object_json, slice_id,
                      int(State.ACTIVE)))
                 if cur.rowcount != 1:
                     raise RuntimeError(f"slice {slice_id} was not ACTIVE at commit")
@@ -502,8 +509,7 @@ class Catalog:
 
     @staticmethod
     def _get_object_in(db: sqlite3.Connection, object_id: str) -> ObjectRecord | None:
-        row = db.execute(f"SELECT {', '.join(OBJECT_COLUMNS)} FROM objects WHERE object_id = ?",
-                         (object_id,)).fetchone()
+        row = db.execute(_SELECT_OBJECT, (object_id,)).fetchone()
         return object_from_row(row) if row else None
 
 
