@@ -1,9 +1,10 @@
 """`mini-oss`: the command line (also `python -m node`).
 
 `serve` builds the settings (defaults < `--config FILE` < `MINI_OSS_*` environment < flags the
-user gave) and hands them to the supervisor (`node.workers.supervisor.run`), imported only there so
-the client commands never load the node. `put`, `get`, `stat`, `ls` and `rm` are thin shells over `node.client.Client`;
-`fsck` over `node.fsck` (it reads the data directory, and rebuilds its catalog on request).
+user gave) and hands them to the supervisor (`node.workers.supervisor.run`), imported only there
+so the client commands never load the node. `put`, `get`, `stat`, `ls` and `rm` are thin shells
+over `node.client.Client`; `fsck` over `node.fsck` (it reads the data directory, and rebuilds its
+catalog on request).
 
 `get` without `-o` (or with `-o DIR`) takes the file name from the node, so it trusts none of
 it: `safe_file_name` keeps a plain base name (no directories, control characters or leading
@@ -150,14 +151,16 @@ def _time(ms: int) -> str:
 #: `mini-oss serve` flags: one per setting (node.config documents each), with how to read it.
 SERVE_FLAGS: list[tuple[str, Any, str]] = [
     ("--listen", str, "HOST:PORT"), ("--data-dir", str, "DIR"), ("--catalog", str, "URL"),
-    ("--catalog-timeout", float, "SECONDS"), ("--node-name", str, "NAME"), ("--workers", int, "N"),
+    ("--catalog-timeout", float, "SECONDS"), ("--node-name", str, "NAME"),
+    ("--workers", int, "N"),
     ("--metrics-listen", str, "HOST:PORT"), ("--session-ttl", float, "SECONDS"),
     ("--stream-idle-timeout", float, "SECONDS"), ("--grace", float, "SECONDS"),
     ("--default-chunk-size", parse_size, "BYTES"), ("--max-chunk-size", parse_size, "BYTES"),
     ("--max-object-size", parse_size, "BYTES"), ("--log-level", str, "LEVEL"),
     ("--checkpoint-bytes", parse_size, "BYTES"), ("--checkpoint-interval", float, "SECONDS"),
     ("--direct-io", bool, ""), ("--download-readahead", parse_size, "BYTES"),
-    ("--io-threads", int, "N"), ("--put-threads", int, "N"), ("--sweep-interval", float, "SECONDS"),
+    ("--io-threads", int, "N"), ("--put-threads", int, "N"),
+    ("--sweep-interval", float, "SECONDS"),
     ("--max-sessions", int, "N"), ("--max-sessions-per-client", int, "N"),
     ("--disk-reserve", parse_size, "BYTES"), ("--rate-limit-requests", float, "PER_SECOND"),
     ("--rate-limit-bytes", parse_size, "BYTES_PER_SECOND"),

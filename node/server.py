@@ -117,9 +117,8 @@ class Worker:
         if settings.rate_limit_requests > 0 or settings.rate_limit_bytes > 0:
             limiter = RateLimiter(settings)
         self.servicer = ObjectStorageServicer(self.store, self.pool, put_pool=self.put_pool,
-                                              workers=workers,
-                                              worker_id=worker_id, metrics=metrics,
-                                              limiter=limiter)
+                                              workers=workers, worker_id=worker_id,
+                                              metrics=metrics, limiter=limiter)
         # First: it must see the handler every later interceptor returns (see node.one_message).
         interceptors: list[grpc.aio.ServerInterceptor] = [
             OneMessageInterceptor(settings.stream_idle_timeout, limiter=limiter,

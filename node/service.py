@@ -108,10 +108,12 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
 
     # -- plumbing -----------------------------------------------------------------------------
 
-    def _run(self, fn: Callable[..., T], *args) -> asyncio.Future[T]:
-        """Run the blocking `fn(*args)` in the pool: a future to await, or to keep and await
-        later (the pipelined upload and download loops do; no task is needed around it)."""
-        return asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+    def _run(self, fn: Callable[..., T], *args,
+             pool: ThreadPoolExecutor | None = None) -> asyncio.Future[T]:
+        """Run the blocking `fn(*args)` in the pool (the I/O pool unless told): a future to
+        await, or to keep and await later (the pipelined upload and download loops do; no task
+        is needed around it)."""
+        return asyncio.get_running_loop().run_in_executor(pool or self.pool, fn, *args)
 
     def _admit(self, context: grpc.aio.ServicerContext) -> None:
         """Refuse a new call while draining or over the client's request rate."""
@@ -373,8 +375,8 @@ class ObjectStorageServicer(oss_pb2_grpc.ObjectStorageServicer):
                 crc32c = request.crc32c if request.HasField("crc32c") else None
                 self._stream_started()
                 try:
-                    obj = await asyncio.get_running_loop().run_in_executor(
-                        self.put_pool, put_object, self.store, fields, request.data, crc32, crc32c)
+                    obj = await self._run(put_object, self.store, fields, request.data, crc32,
+                                          crc32c, pool=self.put_pool)
                 finally:
                     self._stream_ended()
             return oss_pb2.PutObjectResponse(object=object_info(obj))

@@ -106,10 +106,10 @@ CREATE TABLE IF NOT EXISTS garbage (
     PRIMARY KEY (kind, name)
 ) WITHOUT ROWID;
 """
-#: A session row: new sessions (insert_session) and a one-call put's, born COMMITTED.
 _SELECT_OBJECT = f"SELECT {', '.join(OBJECT_COLUMNS)} FROM objects WHERE object_id = ?"
 _REPLACE_OBJECT = (f"INSERT OR REPLACE INTO objects ({', '.join(OBJECT_COLUMNS)})"
                    f" VALUES ({', '.join('?' * len(OBJECT_COLUMNS))})")
+#: A session row: new sessions (insert_session) and a one-call put's, born COMMITTED.
 INSERT_SESSION = (f"INSERT INTO sessions ({', '.join(SESSION_COLUMNS)})"
                   f" VALUES ({', '.join('?' * len(SESSION_COLUMNS))})")
 SLICES_INDEX = ("CREATE INDEX IF NOT EXISTS sessions_by_parent ON sessions (parent_id, slice_offset)"
