@@ -30,7 +30,6 @@ from node.session_rules import (State, check_preconditions, is_complete, merge_e
                                 plan_chunk, transition)
 from node.direct_io import open_direct_read, pread_direct
 from node.storage import OBJECTS, PARTS, PartClaim
-from node.chunk_read import read_message
 from node.wire import encode_download_chunk
 
 if TYPE_CHECKING:
@@ -356,6 +355,10 @@ class DownloadReader:
         """The DownloadChunk message of the chunk at `offset`, and its data length. Encoded
         here, in the thread that read it: a direct read's bytes live in that thread's buffer.
         `cached`: what `cached(offset)` said, if the caller asked already (None: ask here)."""
+        data, crc = self._chunk(offset, cached)
+        return encode_download_chunk(offset, data, crc, object_info), len(data)
+
+    def _chunk(self, offset: int, cached: bool | None):
         want = min(self.chunk_size, self.end - offset)
         if cached is None and self.direct_fd is not None:
             cached = self.cached(offset)
@@ -366,22 +369,14 @@ class DownloadReader:
                 if exc.errno != errno.EINVAL:
                     raise
                 self._close_direct()  # an alignment this device refuses: buffered from now on
-            else:
-                if len(data) != want:
-                    raise self._short()
-                return encode_download_chunk(offset, data, crc32_of(data), object_info), want
-        if self.readahead:
-            self._read_ahead(offset + want)
-        try:
-            message, _crc = read_message(self.fd, offset, want, object_info)
-        except OSError as exc:
-            if exc.errno is None:  # short
-                raise self._short() from None
-            raise
-        return message, want
-
-    def _short(self) -> OSError:
-        return OSError(f"object file of {self.object.object_id} is shorter than its record")
+                data = os.pread(self.fd, want, offset)
+        else:
+            if self.readahead:
+                self._read_ahead(offset + want)
+            data = os.pread(self.fd, want, offset)
+        if len(data) != want:
+            raise OSError(f"object file of {self.object.object_id} is shorter than its record")
+        return data, crc32_of(data)
 
     def _read_ahead(self, position: int) -> None:
         """Keep [position, position + readahead) on its way from the disk: the kernel reads it

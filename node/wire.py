@@ -141,14 +141,6 @@ def _put_varint(out: bytearray, value: int) -> None:
 
 def encode_download_chunk(offset: int, data, crc32: int, object_info: bytes = b"") -> bytes:
     """DownloadChunk{offset=1, data=2, crc32=3, object=4} as one bytes object."""
-    header = download_chunk_header(offset, len(data), crc32, object_info)
-    return b"".join((header, data)) if len(data) else header
-
-
-def download_chunk_header(offset: int, length: int, crc32: int, object_info: bytes = b"") -> bytes:
-    """Everything of a DownloadChunk before its data: offset, crc32 and object, then the data
-    field's key and length when `length` > 0 (the data is always last, so that a reader can
-    put it straight after this header: node.chunk_read)."""
     header = bytearray()
     if offset:
         header.append(1 << 3 | _VARINT)
@@ -160,9 +152,10 @@ def download_chunk_header(offset: int, length: int, crc32: int, object_info: byt
         header.append(4 << 3 | _LEN)
         _put_varint(header, len(object_info))
         header += object_info
-    if length:
+    if len(data):
         header.append(2 << 3 | _LEN)
-        _put_varint(header, length)
+        _put_varint(header, len(data))
+        return b"".join((header, data))
     return bytes(header)
 
 
