@@ -30,7 +30,7 @@ from multiprocessing import reduction
 from typing import Iterator
 
 from node.catalog import CatalogState
-from node.dir_sync import fsync_dir
+from node.storage import Storage
 
 LOCK_FILE = "mini-oss.lock"
 CATALOG_ID_FILE = "catalog-id"
@@ -204,7 +204,7 @@ def write_catalog_id(data_dir: str, catalog_id: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.rename(tmp, path)
-    fsync_dir(data_dir)
+    Storage.fsync_dir(data_dir)
 
 
 def check_catalog(data_dir: str, backend=None, log=None) -> None:
@@ -266,6 +266,6 @@ def install_catalog(data_dir: str, built_path: str) -> str | None:
             target = os.path.join(data_dir, (kept or CATALOG_FILE + ".stale") + suffix)
             os.rename(catalog_path + suffix, target)
     os.rename(built_path, catalog_path)
-    fsync_dir(data_dir)
+    Storage.fsync_dir(data_dir)
     write_catalog_id(data_dir, Catalog.prepared_id(data_dir))
     return kept

@@ -84,7 +84,7 @@ def put_object(store: Store, fields: NewSession, data: bytes, crc32: int | None,
               outcome_known=not getattr(exc, "maybe_done", False))
         raise
     failpoints.hit("commit_recorded")
-    store.storage.sync_dir(store.storage.layout.index)
+    store.storage.fsync_dir(store.storage.layout.index)
     claim.release()
     if replaced is not None and replaced.disk_name != disk_name:
         store.storage.free(OBJECTS, replaced.disk_name)  # freed at once (API.md)

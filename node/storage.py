@@ -32,7 +32,6 @@ import time
 from dataclasses import dataclass
 from typing import Iterator, NoReturn
 
-from node.dir_sync import SharedDirSync, fsync_dir
 from node.direct_io import DirectAppender, open_direct
 from node.errors import DiskFull, SessionBusy
 
@@ -150,9 +149,6 @@ class Storage:
         self.direct_io = direct_io
         for path in (self.layout.root, self.layout.parts, self.layout.objects, self.layout.index):
             os.makedirs(path, exist_ok=True)
-        #: The directories every commit syncs: their fsyncs are shared (node.dir_sync).
-        self._shared_syncs = {path: SharedDirSync(path) for path in
-                              (self.layout.parts, self.layout.objects, self.layout.index)}
 
     # -- parts --------------------------------------------------------------------------------
 
@@ -246,7 +242,7 @@ class Storage:
         except OSError as exc:
             _raise_typed(exc, "no space left to commit the object")
         claim.path = target
-        self.sync_dir(self.layout.objects)
+        self.fsync_dir(self.layout.objects)
 
     def demote(self, disk_name: str, part_name: str) -> None:
         """Undo `promote` (a commit that did not happen): objects/ back to parts/."""
@@ -325,19 +321,18 @@ class Storage:
             n += 1
             target = os.path.join(target_dir, f"{name}.{n}")
         os.rename(os.path.join(self.layout.root, kind, name), target)
-        self.sync_dir(target_dir)
+        self.fsync_dir(target_dir)
         return target
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def sync_dir(self, path: str) -> None:
-        """Make the entries of the directory `path` durable; an fsync of parts/, objects/ or
-        index/ may be shared with other threads' (it begins after this call all the same)."""
-        shared = self._shared_syncs.get(path)
-        if shared is not None:
-            shared.sync()
-        else:
-            fsync_dir(path)
+    @staticmethod
+    def fsync_dir(path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def free_bytes(self) -> int:
         st = os.statvfs(self.layout.root)

@@ -479,7 +479,7 @@ class Store:
         removed = self.catalog.delete_object(object_id, check,
                                              lambda obj: self.storage.unpublish(obj.object_id),
                                              self.now_ms())
-        self.storage.sync_dir(self.storage.layout.index)
+        self.storage.fsync_dir(self.storage.layout.index)
         self.storage.free(OBJECTS, removed.disk_name)
 
     def open_download(self, object_id: str, start_offset: int, end_offset: int | None,
@@ -594,7 +594,7 @@ class Store:
             if name not in current:
                 self._check_file(OBJECTS, name, report)
         for path in (self.storage.layout.index, self.storage.layout.parts, self.storage.layout.objects):
-            self.storage.sync_dir(path)
+            self.storage.fsync_dir(path)
         report["expired"] = self.sweep()
         return dict(report)
 

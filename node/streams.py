@@ -218,7 +218,7 @@ class UploadStream:
             if self.durable_offset == 0:
                 # The part's directory entry becomes durable with its first bytes, not at
                 # create: abandoned sessions and single-stream objects never pay for it.
-                self.store.storage.sync_dir(self.store.storage.layout.parts)
+                self.store.storage.fsync_dir(self.store.storage.layout.parts)
         failpoints.hit("checkpoint_synced")
         now = self.store.now_ms()
         expires = now + self.store.ttl_ms
@@ -296,7 +296,7 @@ class UploadStream:
             self.claim.path = store.storage.layout.part(store.part_name(rec))
             raise
         failpoints.hit("commit_recorded")
-        store.storage.sync_dir(store.storage.layout.index)
+        store.storage.fsync_dir(store.storage.layout.index)
         if replaced is not None and replaced.disk_name != disk_name:
             # Freed at once (API.md). A reader that already opened it keeps reading it.
             store.storage.free(OBJECTS, replaced.disk_name)

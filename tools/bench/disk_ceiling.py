@@ -37,7 +37,7 @@ import uuid
 from typing import Callable
 
 from node.direct_io import ALIGN
-from node.dir_sync import fsync_dir
+from node.storage import Storage
 from tools.bench.cli import KiB, MiB, format_size, parse_size
 
 DROP_CACHES = "/proc/sys/vm/drop_caches"
@@ -383,7 +383,7 @@ def small_file_ceiling(directory: str, concurrency: int, *, size: int = 16 * KiB
             final = os.path.join(directory, f"{prefix}s{index}-{ops}")
             _write_file(final + ".tmp", size, data, direct=False)
             os.rename(final + ".tmp", final)
-            fsync_dir(directory)
+            Storage.fsync_dir(directory)
             ops += 1
         return ops
 
