@@ -138,10 +138,10 @@ def test_racing_if_absent_puts_commit_exactly_once(node_factory):
     assert os.listdir(node.data_dir / "parts") == []
 
 
-def test_puts_and_session_commits_share_the_catalog_from_their_own_pools(node_factory):
+def test_with_one_put_thread_and_one_io_thread_concurrent_puts_and_uploads_all_commit(node_factory):
     """Puts run in their own threads (--put-threads), sessions in the I/O threads; with one of
-    each, concurrent puts and uploads all commit (they meet in the catalog's group commit and
-    the shared directory fsyncs) and each object reads back as sent."""
+    each, concurrent puts and uploads all commit (they meet in the catalog's group commit) and
+    each object reads back as sent."""
     node = node_factory(workers=1, put_threads=1, io_threads=1)
     stub = node.stub()
     puts = {f"p{i}": payload(2000 + i, i) for i in range(16)}
