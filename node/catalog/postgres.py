@@ -101,6 +101,10 @@ _SESSIONS = ", ".join(SESSION_COLUMNS)
 #: A session row: new sessions (insert_session) and a one-call put's, born COMMITTED.
 _INSERT_SESSION = (f"INSERT INTO sessions ({_SESSIONS})"
                    f" VALUES ({', '.join(['%s'] * len(SESSION_COLUMNS))})")
+_UPSERT_OBJECT = (f"INSERT INTO objects ({', '.join(OBJECT_COLUMNS)})"
+                  f" VALUES ({', '.join(['%s'] * len(OBJECT_COLUMNS))})"
+                  f" ON CONFLICT (object_id) DO UPDATE SET "
+                  + ", ".join(f"{c} = EXCLUDED.{c}" for c in OBJECT_COLUMNS[1:]))
 _ADD_COLUMNS = "".join(f"ALTER TABLE sessions ADD COLUMN IF NOT EXISTS {column} {sql};\n"
                        for column, sql in SESSION_COLUMNS_ADDED.items())
 SLICES_INDEX = ("CREATE INDEX IF NOT EXISTS sessions_by_parent ON sessions (parent_id, slice_offset)"
@@ -346,9 +350,7 @@ class PostgresCatalog:
             current = self._lock_object(conn, obj.object_id)
             check(current)
             publish(obj)
-            updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in OBJECT_COLUMNS[1:])
-            conn.execute(f"INSERT INTO objects ({_OBJECTS}) VALUES ({', '.join(['%s'] * len(OBJECT_COLUMNS))})"
-                         f" ON CONFLICT (object_id) DO UPDATE SET {updates}", object_values(obj))
+            conn.execute(_UPSERT_OBJECT, object_values(obj))
             if new_session is not None:  # a one-call put: its row is born COMMITTED
                 conn.execute(_INSERT_SESSION, session_values(new_session))
             else:

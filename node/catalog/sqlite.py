@@ -448,7 +448,7 @@ class Catalog:
         # process, so the work done under it is only the statements.
         object_row = object_values(obj)
         session_row = session_values(new_session) if new_session is not None else None
-        object_json = obj.to_json()
+        object_json = obj.to_json() if session_row is None else ""  # (a put's row holds it)
 
         def body(db: sqlite3.Connection):
             current = self._get_object_in(db, obj.object_id)
