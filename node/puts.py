@@ -27,7 +27,7 @@ import time
 from node import failpoints, names
 from node.catalog import ObjectRecord
 from node.errors import GenerationMismatch, ObjectExists, Sha256Mismatch
-from node.session_rules import State, check_preconditions
+from node.session_rules import State
 from node.storage import OBJECTS, PARTS, PartClaim
 from node.store import NewSession, Store
 from node.streams import verify_chunk
@@ -53,7 +53,7 @@ def put_object(store: Store, fields: NewSession, data: bytes, crc32: int | None,
     disk_name = store.disk_name(rec)
     claim = store.storage.create_put(names.part_file_name(rec.object_id, rec.file_name,
                                                           rec.upload_id, put=True))
-    staged = ""
+    recording = False
     try:
         claim.write(0, data)
         failpoints.hit("put_written")
@@ -66,46 +66,32 @@ def put_object(store: Store, fields: NewSession, data: bytes, crc32: int | None,
                            created_at_ms=now, disk_name=disk_name)
         row = rec.replace(state=State.COMMITTED, uploaded_offset=size,
                           updated_at_ms=now, expires_at_ms=now + store.ttl_ms, object=obj)
-
-        def check(current: ObjectRecord | None) -> None:
-            check_preconditions(current.generation if current else None, rec.if_absent,
-                                rec.if_generation_match)
-
-        def publish(o: ObjectRecord) -> None:
-            store.storage.publish_staged(o.object_id, staged)
-            failpoints.hit("commit_published")
-
-        staged = store.storage.stage_index_entry(obj.object_id, disk_name)
-        replaced = store.catalog.commit_object(rec.upload_id, obj, now, row.expires_at_ms, check,
-                                               publish, new_session=row)
+        recording = True
+        replaced = store.record_version(rec, obj, now, new_session=row)
     except BaseException as exc:
-        _undo(store, claim, rec.object_id, disk_name, staged,
-              published=not isinstance(exc, (ObjectExists, GenerationMismatch)),
+        _undo(store, claim, rec.object_id, disk_name,
+              published=recording and not isinstance(exc, (ObjectExists, GenerationMismatch)),
               outcome_known=not getattr(exc, "maybe_done", False))
         raise
-    failpoints.hit("commit_recorded")
-    store.storage.fsync_dir(store.storage.layout.index)
+    store.settle_version(obj, replaced)
     claim.release()
-    if replaced is not None and replaced.disk_name != disk_name:
-        store.storage.free(OBJECTS, replaced.disk_name)  # freed at once (API.md)
     store.events.add("objects_committed")
     store.events.observe("commit_seconds", time.monotonic() - started)
     return obj
 
 
-def _undo(store: Store, claim: PartClaim, object_id: str, disk_name: str, staged: str, *,
+def _undo(store: Store, claim: PartClaim, object_id: str, disk_name: str, *,
           published: bool, outcome_known: bool) -> None:
     """Nothing was committed: the file goes, wherever it got to, and then its lock. A
     transaction that rolled back after `publish` may have left the index entry on this
-    version: it is put back first (readers go by the catalog; the index follows it).
+    version: it is put back first (readers go by the catalog; the index follows it;
+    `record_version` already dropped its staged entry).
 
     When the catalog's database went away inside the transaction (CatalogUnavailable.maybe_done)
     the commit may have happened, so a file already in objects/ is kept: recovery keeps it if a
     row names it, else sets it aside. One that failed before the transaction began is freed."""
     try:
-        if staged:
-            store.storage.discard_staged(staged)
-        if published and staged:
+        if published:
             store.repair_index(object_id)
     except Exception:
         log.exception("could not restore the index after a failed put of %s", disk_name)

@@ -39,11 +39,11 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 from node import failpoints, names, ranges
 from node.cache_admission import SecondRead
-from node.catalog import ObjectRecord, SessionRecord, open_backend
+from node.catalog import FileRef, ObjectRecord, SessionRecord, open_backend
 from node.config import Settings
 from node.errors import (DiskFull, Forbidden, GenerationMismatch, InvalidArgument,
                          InvalidPageToken, ObjectNotFound, SessionBusy, SessionNotFound,
@@ -414,6 +414,44 @@ class Store:
                 self.storage.demote(disk_name, self.part_name(rec))
         finally:
             promoted.release()
+
+    def record_version(self, rec: SessionRecord, obj: ObjectRecord, now: int, *,
+                       slices: Sequence[tuple[str, FileRef]] = (),
+                       new_session: SessionRecord | None = None) -> ObjectRecord | None:
+        """The catalog step of a commit, an upload's (node.streams) and a put's (node.puts)
+        alike, once `obj`'s file is durable in objects/: stage its index entry, then in one
+        transaction check `rec`'s preconditions, swap the entry and write the rows. Returns
+        the version it replaced, for `settle_version`. If it raises, the staged entry is gone
+        and the caller undoes its file (the index may need `repair_index`)."""
+
+        def check(current: ObjectRecord | None) -> None:
+            check_preconditions(current.generation if current else None, rec.if_absent,
+                                rec.if_generation_match)
+
+        staged = ""  # the new index entry, made before the catalog's write lock is taken
+
+        def publish(o: ObjectRecord) -> None:
+            self.storage.publish_staged(o.object_id, staged)
+            failpoints.hit("commit_published")
+
+        try:
+            staged = self.storage.stage_index_entry(obj.object_id, obj.disk_name)
+            replaced = self.catalog.commit_object(rec.upload_id, obj, now, now + self.ttl_ms,
+                                                  check, publish, slices, new_session=new_session)
+        except BaseException:
+            if staged:
+                self.storage.discard_staged(staged)
+            raise
+        return replaced
+
+    def settle_version(self, obj: ObjectRecord, replaced: ObjectRecord | None) -> None:
+        """After `record_version` committed (outside the caller's undo: nothing here may move
+        the committed file back): make the index entry durable, free the replaced version."""
+        failpoints.hit("commit_recorded")
+        self.storage.fsync_dir(self.storage.layout.index)
+        if replaced is not None and replaced.disk_name != obj.disk_name:
+            # Freed at once (API.md). A reader that already opened it keeps reading it.
+            self.storage.free(OBJECTS, replaced.disk_name)
 
     def repair_index(self, object_id: str) -> bool:
         """Make index/<object_id> agree with the catalog's current version (holding the

@@ -26,7 +26,7 @@ from node.checksums import crc32 as crc32_of, crc32c as crc32c_of
 from node.catalog import ObjectRecord, SessionRecord
 from node.errors import (ChecksumMismatch, ChunkTooLarge, GenerationMismatch, InvalidArgument,
                          ObjectExists, SessionNotFound, Sha256Mismatch)
-from node.session_rules import (State, check_preconditions, is_complete, merge_expected_sha256,
+from node.session_rules import (State, is_complete, merge_expected_sha256,
                                 plan_chunk, transition)
 from node.direct_io import open_direct_read, pread_direct
 from node.storage import OBJECTS, PARTS, PartClaim
@@ -252,23 +252,10 @@ class UploadStream:
         store.storage.promote(self.claim, disk_name)
         failpoints.hit("commit_renamed")
 
-        def check(current: ObjectRecord | None) -> None:
-            check_preconditions(current.generation if current else None, rec.if_absent,
-                                rec.if_generation_match)
-
-        staged = ""  # the new index entry, made before the catalog's write lock is taken
-
-        def publish(o: ObjectRecord) -> None:
-            store.storage.publish_staged(o.object_id, staged)
-            failpoints.hit("commit_published")
-
         try:
-            staged = store.storage.stage_index_entry(obj.object_id, disk_name)
-            replaced = store.catalog.commit_object(
-                rec.upload_id, obj, now, now + store.ttl_ms, check, publish,
-                [(s.upload_id, (PARTS, store.part_name(s))) for s in slices])
+            replaced = store.record_version(
+                rec, obj, now, slices=[(s.upload_id, (PARTS, store.part_name(s))) for s in slices])
         except (ObjectExists, GenerationMismatch):
-            store.storage.discard_staged(staged)
             # Still holding the claim: end the session (its promoted file becomes garbage in
             # the same transaction), then free the file, then let go. A claimer that comes
             # after the release finds an ended session, never an ACTIVE one without bytes.
@@ -283,8 +270,6 @@ class UploadStream:
             self.committed = None
             raise
         except BaseException as exc:
-            if staged:
-                store.storage.discard_staged(staged)
             if getattr(exc, "maybe_done", False):
                 # The catalog's database went away inside the transaction: it may have
                 # committed. The file stays in objects/, where that row would name it; the
@@ -295,11 +280,7 @@ class UploadStream:
             store.storage.demote(disk_name, store.part_name(rec))
             self.claim.path = store.storage.layout.part(store.part_name(rec))
             raise
-        failpoints.hit("commit_recorded")
-        store.storage.fsync_dir(store.storage.layout.index)
-        if replaced is not None and replaced.disk_name != disk_name:
-            # Freed at once (API.md). A reader that already opened it keeps reading it.
-            store.storage.free(OBJECTS, replaced.disk_name)
+        store.settle_version(obj, replaced)
         self.committed = obj
         self.rec = rec.replace(state=State.COMMITTED, uploaded_offset=obj.size, updated_at_ms=now,
                                expires_at_ms=now + store.ttl_ms, object=obj)
