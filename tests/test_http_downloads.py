@@ -271,6 +271,39 @@ def test_drain_lets_a_running_get_finish_and_refuses_new_requests(node_factory):
     assert node.proc.wait(30) == 0
 
 
+def test_drain_answers_a_request_on_an_open_connection_503_while_a_get_runs(node_factory):
+    """A connection opened before the drain (a keep-alive one here) gets 503 DRAINING for its
+    next request, and is closed after it, while a running GET goes on. Before, the drain left
+    such a request unanswered, or dropped it unread (aiohttp#2298). A client that held a
+    download and waited on that answer then stalled until the grace cut its download."""
+    node = node_factory(workers=1, grace=20, http_listen=HTTP)
+    data = os.urandom(16 * MiB)
+    conn, response, head = held_get(node, "drained-open", data)
+    open_conn = http.client.HTTPConnection("127.0.0.1", node.http_port, timeout=30)
+    open_conn.request("HEAD", "/v1/objects/drained-open")
+    first = open_conn.getresponse()
+    first.read()
+    assert first.status == 200
+    node.proc.send_signal(signal.SIGTERM)
+
+    def listener_closed() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", node.http_port), timeout=5).close()
+            return False
+        except ConnectionRefusedError:
+            return True
+    wait_until(listener_closed, 10, what="the HTTP port to stop listening")
+    open_conn.request("GET", "/v1/objects/drained-open")
+    answer = open_conn.getresponse()
+    assert answer.status == 503
+    assert json.loads(answer.read())["reason"] == "DRAINING"
+    assert answer.getheader("Connection") == "close"
+    open_conn.close()
+    assert head + response.read() == data
+    conn.close()
+    assert node.proc.wait(30) == 0
+
+
 # --- signed URLs and tokens -----------------------------------------------------------------
 
 TOKENS = """\

@@ -7,8 +7,9 @@ file to the socket. The two loops share the worker's Store and its I/O thread po
 to the worker's slot through the gRPC loop (one writer per slot).
 
 Every worker binds the same port with SO_REUSEPORT (the supervisor reserved it, so `:0` is one
-port for all), like gRPC. Drain: new requests are answered 503 DRAINING, running responses get
-the grace, then the site closes.
+port for all), like gRPC. Drain (`Face.drain`): the listening socket closes, requests on
+connections already open are answered 503 DRAINING, running ones get the grace, then every
+connection closes.
 
 What is served (API.md, "HTTP"): GET/HEAD /v1/objects/{object_id} (node.http.downloads) and
 tus uploads under /v1/tus/ (node.http.tus), with the gRPC tokens or a signed URL
@@ -18,6 +19,7 @@ tus uploads under /v1/tus/ (node.http.tus), with the gRPC tokens or a signed URL
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
@@ -41,6 +43,8 @@ log = logging.getLogger("mini_oss.http")
 #: and is not bound by it).
 MAX_BODY = 1024 * 1024
 BACKLOG = 1024
+#: After the grace, how long aiohttp may take to cancel what still runs and close connections.
+CLOSE_TIMEOUT = 1.0
 ALLOWED_HEADERS = ("Authorization, Content-Type, Range, If-Match, If-None-Match, If-Range, "
                    "Upload-Offset, Upload-Length, Upload-Metadata, Upload-Checksum, "
                    "Upload-Defer-Length, Upload-Concat, Tus-Resumable, X-HTTP-Method-Override, "
@@ -65,10 +69,14 @@ class Face:
         self.key = signing.load_or_create_key(settings.data_dir, settings.url_signing_key_file)
         self.origins = {o.strip() for o in settings.http_cors_origins.split(",") if o.strip()}
         self.draining = False
+        self._running = 0              # requests inside the middleware (the face's loop only)
+        self._quiet = asyncio.Event()  # set while none runs (bound to the face's loop on use)
+        self._quiet.set()
         #: Download and upload bodies in flight per client address (max_streams_per_client).
         self.client_streams = StreamPlaces(settings.max_streams_per_client, "HTTP transfers")
         self.loop: asyncio.AbstractEventLoop | None = None
         self.runner: web.AppRunner | None = None
+        self._listener: socket.socket | None = None
         self.port = 0
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
@@ -101,10 +109,12 @@ class Face:
 
     async def _serve(self) -> None:
         app = self.build_app()
+        # The grace is `_close`'s to give; aiohttp's own wait comes after it (and reads a
+        # timeout of 0 as none at all).
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                                    shutdown_timeout=self.settings.grace)
+                                    shutdown_timeout=CLOSE_TIMEOUT)
         await self.runner.setup()
-        sock = self._socket()
+        sock = self._listener = self._socket()
         site = web.SockSite(self.runner, sock, ssl_context=self._ssl_context(), backlog=BACKLOG)
         await site.start()
         self.port = sock.getsockname()[1]
@@ -142,10 +152,26 @@ class Face:
             self._thread.join(5)
 
     async def _close(self, grace: float) -> None:
-        assert self.runner is not None
-        # Running handlers get the grace (the runner's shutdown timeout), then are cancelled;
-        # a worker orphaned by its supervisor drains with none.
-        self.runner._shutdown_timeout = grace  # noqa: SLF001 - aiohttp has no setter for it
+        """Drain in three steps: stop listening; give the running requests the grace while
+        the middleware answers new ones on open connections 503 DRAINING; then let aiohttp
+        close every connection, cancelling what still runs.
+
+        Why not `runner.cleanup()` with the grace alone: it marks every connection closing at
+        once, and a request that arrives just after on a connection accepted just before is
+        dropped unread (aiohttp#2298), and its client waits the whole grace for an answer (a
+        client holding a download while it waited stalled that download until the grace cut
+        it). A worker orphaned by its supervisor drains with no grace."""
+        assert self.runner is not None and self._listener is not None
+        # Accepting stops before the site closes, and connections already accepted get their
+        # transports first: asyncio's Server.close() leaves a connection whose set-up has not
+        # run yet unanswered and unclosed (CPython gh-109564, gh-155934).
+        asyncio.get_running_loop().remove_reader(self._listener.fileno())
+        for _ in range(3):
+            await asyncio.sleep(0)
+        for site in list(self.runner.sites):
+            await site.stop()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._quiet.wait(), grace)
         await self.runner.cleanup()
 
     # -- the application ------------------------------------------------------------------------
@@ -163,6 +189,8 @@ class Face:
     async def _middleware(self, request: web.Request, handler) -> web.StreamResponse:
         started = time.monotonic()
         origin = request.headers.get("Origin")
+        self._running += 1
+        self._quiet.clear()
         try:
             if self.draining:
                 raise Draining("the node is stopping")
@@ -179,6 +207,12 @@ class Face:
         except Exception:  # a bug of ours: 500, never the client's fault
             log.exception("HTTP %s %s failed", request.method, request.path)
             response = error_response(OssError("an internal error"))
+        finally:
+            self._running -= 1
+            if not self._running:
+                self._quiet.set()
+        if self.draining and not response.prepared:
+            response.force_close()  # the connection goes with the node: ask for no next request
         self._count(response.status, time.monotonic() - started)
         return response
 
