@@ -94,6 +94,7 @@ def test_compare_end_to_end_with_every_ceiling(tmp_path):
     data = json.loads(out.read_text())
     reports, disk = data["reports"], data["disk"]
     assert set(reports["bare"]) == {"upload", "download", "small"} and set(reports["verifying sink"]) == {"upload"}
+    assert set(reports["reading source"]) == {"download"}
     assert set(reports["node"]) == {"upload", "download", "cold", "small"}
     for side in reports.values():
         for report in side.values():
@@ -108,6 +109,7 @@ def test_compare_end_to_end_with_every_ceiling(tmp_path):
     assert reports["node"]["small"]["durable_commits_per_s"] > 0
     assert reports["bare"]["small"]["durable_commits_per_s"] > 0
     assert set(data["ratios"]) == {"upload_per_verifying_sink", "upload_per_min_bare_disk", "download_per_bare",
+                                   "download_per_reading_source",
                                    "cold_per_min_bare_disk", "small_per_disk_loop", "small_per_min_bare_disk",
                                    "small_per_bare_then_disk",
                                    "upload_rss_per_bare_sink", "upload_rss_per_verifying_sink"}
@@ -118,11 +120,16 @@ def test_compare_end_to_end_with_every_ceiling(tmp_path):
     in_turn = 1 / (1 / bare_small + 1 / disk["small"]["ops_per_s"])
     assert data["ratios"]["small_per_bare_then_disk"] == pytest.approx(
         reports["node"]["small"]["durable_commits_per_s"] / in_turn)
-    # Warm downloads alternate bare and node; the reported pair is the median round's.
+    # Warm downloads alternate bare, reading source and node; the reported ones are the median
+    # round's (by node/bare).
     rounds = data["download_rounds"]
-    assert len(rounds) == 2 and all(r["ratio"] > 0 for r in rounds)
+    assert len(rounds) == 2 and all(r["ratio"] > 0 and r["reading_mb_per_s"] > 0 for r in rounds)
     assert data["ratios"]["download_per_bare"] in [r["ratio"] for r in rounds]
-    assert "warm download, bare then node in each round" in proc.stdout
+    middle = next(r for r in rounds if r["ratio"] == data["ratios"]["download_per_bare"])
+    assert data["ratios"]["download_per_reading_source"] == pytest.approx(
+        middle["node_mb_per_s"] / middle["reading_mb_per_s"])
+    assert "warm download, bare / reading source / node in each round" in proc.stdout
+    assert "- download_per_reading_source:" in proc.stdout
 
 
 # -- HTTP: the bare sendfile ceiling, node HTTP GET vs gRPC, tus (tools.bench.http_compare) ------

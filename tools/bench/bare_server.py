@@ -22,6 +22,9 @@ same process layout. So this server has the node's shape and nothing else:
 * `--verify-sink`: Upload and PutObject do what the node must do to every byte and nothing
   more (decode, CRC-32, offsets, SHA-256 in a thread pool): tools/bench/verifying_sink.py says
   how.
+* `--read-source`: Download does what the node must do to every byte it serves from the page
+  cache and nothing more (read, CRC-32, encode; no message kept): tools/bench/reading_source.py
+  says how.
 * Its workers run with glibc malloc tuned (MALLOC_TUNING below; `--plain-malloc` to compare).
 * GetNodeInfo answers with `worker_id` (so benches see how connections landed), StatObject,
   DeleteObject and the session calls answer trivially so the same client code works.
@@ -35,6 +38,7 @@ import os
 import random
 import signal
 import sys
+import tempfile
 import time
 
 from node.config import Settings, split_host_port
@@ -61,6 +65,12 @@ def server_options() -> list[tuple[str, object]]:
     return grpc_options(Settings())
 
 
+def source_buffer(chunk_size: int) -> bytes:
+    """The bytes the source repeats: the same in every worker and in the reading source's file,
+    so a StatObject answered by one worker matches a Download served by another."""
+    return random.Random(f"bare-{chunk_size}").randbytes(chunk_size)
+
+
 def upload_size(upload_id: str) -> int:
     """The object size CreateUploadSession put in the upload_id (`bare-SIZE-...`); 0 if none."""
     try:
@@ -83,9 +93,7 @@ class Source:
 
         self.codec = codec
         self.size = size
-        # The same bytes in every worker: a StatObject answered by one worker must match a
-        # Download served by another.
-        self.buffer = random.Random(f"bare-{chunk_size}").randbytes(chunk_size)
+        self.buffer = source_buffer(chunk_size)
         self.crc = crc32(self.buffer)
         self.cache: dict[tuple[int, int], bytes] = {}
         self.cache_bytes = cache_bytes
@@ -192,15 +200,19 @@ class BareServicer:
         info = self.info(request.object_id).SerializeToString()
         offset = start
         if start >= end:
-            yield self.source.message(start, 0, info)
+            yield self.chunk_message(start, 0, info)
             return
         while offset < end:
             length = min(chunk, end - offset)
-            msg = self.source.message(offset, length, info)
+            msg = self.chunk_message(offset, length, info)
             info = None
             self.sent += len(msg)
             yield msg
             offset += length
+
+    def chunk_message(self, offset: int, length: int, info: bytes | None) -> bytes:
+        """The DownloadChunk of [offset, offset + length) (with `info`, the first): prebuilt."""
+        return self.source.message(offset, length, info)
 
     async def stat_object(self, request, context):
         return self.info(request.object_id)
@@ -256,7 +268,8 @@ class BareServicer:
 
 
 def worker_main(listen: str, worker_id: int, workers: int, object_size: int, chunk_size: int,
-                cache_bytes: int, conn, extra_options: tuple = (), verify_sink: bool = False) -> None:
+                cache_bytes: int, conn, extra_options: tuple = (), verify_sink: bool = False,
+                read_source: str = "") -> None:
     """A spawned worker: its own grpc.aio server on the shared port; SIGTERM stops it."""
     import asyncio
 
@@ -268,10 +281,14 @@ def worker_main(listen: str, worker_id: int, workers: int, object_size: int, chu
 
     async def main() -> None:
         source = Source(object_size, chunk_size, cache_bytes)
-        servicer_class = BareServicer
         if verify_sink:
-            from tools.bench.verifying_sink import VerifyingServicer as servicer_class
-        servicer = servicer_class(oss_pb2, worker_id, workers, source, chunk_size)
+            from tools.bench.verifying_sink import VerifyingServicer
+            servicer = VerifyingServicer(oss_pb2, worker_id, workers, source, chunk_size)
+        elif read_source:
+            from tools.bench.reading_source import ReadingServicer
+            servicer = ReadingServicer(oss_pb2, worker_id, workers, source, chunk_size, read_source)
+        else:
+            servicer = BareServicer(oss_pb2, worker_id, workers, source, chunk_size)
         server = grpc.aio.server(options=server_options() + list(extra_options))
         server.add_generic_rpc_handlers((servicer.handler(),))
         port = server.add_insecure_port(listen)
@@ -316,10 +333,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="serialised download messages cached per worker (default %(default)s MiB)")
     p.add_argument("--grpc-arg", action="append", default=[], metavar="KEY=INT",
                    help="extra gRPC server option for experiments (repeatable), e.g. grpc.http2.bdp_probe=0")
-    p.add_argument("--verify-sink", action="store_true",
-                   help="Upload decodes each chunk, checks its CRC-32 and offset and hashes the "
-                        "object's SHA-256 in a pool, as the node does; PutObject checks its data's "
-                        "CRC-32 and SHA-256 the same way (tools/bench/verifying_sink.py)")
+    handlers = p.add_mutually_exclusive_group()  # two different servers: one at a time
+    handlers.add_argument("--verify-sink", action="store_true",
+                          help="Upload decodes each chunk, checks its CRC-32 and offset and hashes "
+                               "the object's SHA-256 in a pool, as the node does; PutObject checks "
+                               "its data's CRC-32 and SHA-256 the same way "
+                               "(tools/bench/verifying_sink.py)")
+    handlers.add_argument("--read-source", action="store_true",
+                          help="Download reads each chunk from a file of the object's content (in "
+                               "the page cache), checksums and encodes it, as the node does "
+                               "(tools/bench/reading_source.py)")
+    p.add_argument("--source-dir", default="",
+                   help="where --read-source writes its file, deleted at exit (default: system temp)")
     p.add_argument("--plain-malloc", action="store_true",
                    help="do not give the workers the glibc malloc settings (MALLOC_TUNING)")
     args = p.parse_args(argv)
@@ -336,13 +361,32 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda signum, _frame: stopping.append(signum))
 
     extra = tuple((key, int(value)) for key, value in (a.split("=", 1) for a in args.grpc_arg))
+    source_file = ""
+    if args.read_source:
+        from tools.bench.reading_source import write_source_file
+
+        fd, source_file = tempfile.mkstemp(prefix="mini-oss-bench-source-", dir=args.source_dir or None)
+        os.close(fd)
+    try:
+        if source_file:
+            write_source_file(source_file, args.object_size, args.chunk_size)
+        return _run_workers(args, listen, port, extra, source_file, stopping)
+    finally:
+        reservation.close()
+        if source_file:
+            os.unlink(source_file)
+
+
+def _run_workers(args, listen: str, port: int, extra: tuple, source_file: str,
+                 stopping: list[int]) -> int:
+    """Start the workers, print the ready line once all serve, wait for a signal, stop them."""
     ctx = multiprocessing.get_context("spawn")
     workers = []
     for worker_id in range(args.workers):
         receiver, sender = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=worker_main, name=f"bare-worker-{worker_id}", args=(
             listen, worker_id, args.workers, args.object_size, args.chunk_size,
-            args.cache_mib * MiB, sender, extra, args.verify_sink))
+            args.cache_mib * MiB, sender, extra, args.verify_sink, source_file))
         proc.start()
         sender.close()
         workers.append((proc, receiver))
@@ -374,7 +418,6 @@ def main(argv: list[str] | None = None) -> int:
             if proc.is_alive():
                 proc.kill()
                 proc.join(5)
-        reservation.close()
     return status
 
 

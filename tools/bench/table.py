@@ -23,7 +23,7 @@ def rows(path: str) -> list[str]:
     with open(path) as fh:
         data = json.load(fh)
     out = []
-    for side in ("bare", "verifying sink", "node"):
+    for side in ("bare", "verifying sink", "reading source", "node"):
         reports = data["reports"].get(side, {})
         for mode in sorted(reports, key=lambda m: (m != "upload", m)):
             r = reports[mode]

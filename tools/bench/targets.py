@@ -141,15 +141,21 @@ def spawn_node(workers: int, data_root: str = "", log_dir: str | None = None,
 
 
 def spawn_bare(workers: int, object_size: int, chunk_size: int, log_dir: str | None = None,
-               verify_sink: bool = False) -> Target:
+               verify_sink: bool = False, read_source: bool = False, source_dir: str = "") -> Target:
     """The bare gRPC sink/source (tools.bench.bare_server) with `workers` processes;
-    `verify_sink`: its Upload checks CRC-32s and hashes SHA-256 as the node does."""
+    `verify_sink`: its Upload checks CRC-32s and hashes SHA-256 as the node does;
+    `read_source`: its Download reads, checksums and encodes every chunk as the node does, from
+    a file it writes under `source_dir` (default: system temp) and deletes when it stops."""
     log_dir = log_dir or tempfile.mkdtemp(prefix="mini-oss-bench-logs-")
     command = [sys.executable, "-m", "tools.bench.bare_server", "--listen", "127.0.0.1:0",
                "--workers", str(workers), "--object-size", str(object_size),
                "--chunk-size", str(chunk_size)]
     if verify_sink:
         command.append("--verify-sink")
+    if read_source:
+        command.append("--read-source")
+        if source_dir:
+            command += ["--source-dir", source_dir]
     return Target("bare", command, None, log_dir).start()
 
 
