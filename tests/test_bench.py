@@ -132,6 +132,13 @@ def test_compare_end_to_end_with_every_ceiling(tmp_path):
     assert "- download_per_reading_source:" in proc.stdout
 
 
+def test_a_ratio_just_under_its_target_never_prints_as_the_target():
+    from tools.bench.compare import _shown
+    assert _shown(0.8975, 0.9) == "0.897"   # "0.90 (target >= 0.9: NOT met)" read as a contradiction
+    assert _shown(1.2049, 1.2) == "1.205"
+    assert _shown(0.92, 0.9) == "0.92" and _shown(0.9, 0.9) == "0.90"
+
+
 # -- HTTP: the bare sendfile ceiling, node HTTP GET vs gRPC, tus (tools.bench.http_compare) ------
 
 HTTP_PHASES = {"bare sendfile GET", "bare tus sink", "node HTTP GET", "node gRPC download",

@@ -197,11 +197,18 @@ def summary(cfg, reports: dict, disk: dict, figures: dict, download_rounds: list
             lines.append(f"- {name}: {value:.2f} (no target of its own)")
         elif name in TARGETS:
             verdict = "met" if value >= TARGETS[name] else "NOT met"
-            lines.append(f"- {name}: {value:.2f} (target >= {TARGETS[name]}: {verdict})")
+            lines.append(f"- {name}: {_shown(value, TARGETS[name])} (target >= {TARGETS[name]}: {verdict})")
         else:
             verdict = "met" if value <= RSS_TARGET else "NOT met"
-            lines.append(f"- {name}: {value:.2f} (target <= {RSS_TARGET}: {verdict})")
+            lines.append(f"- {name}: {_shown(value, RSS_TARGET)} (target <= {RSS_TARGET}: {verdict})")
     return "\n".join(lines)
+
+
+def _shown(value: float, target: float) -> str:
+    """Two decimals, or three where two would print the target itself for a value on either
+    side of it (0.8975 is "0.90", and NOT met)."""
+    two = f"{value:.2f}"
+    return f"{value:.3f}" if float(two) == target and value != target else two
 
 
 def _small(cfg, args):
