@@ -178,19 +178,21 @@ def test_disk_reserve_refuses_puts(node_factory):
     assert os.listdir(node.data_dir / "objects") == [] and os.listdir(node.data_dir / "parts") == []
 
 
-def test_a_put_counts_as_a_stream_but_holds_no_session(node_factory):
+def test_a_put_counts_as_a_stream_but_holds_no_session(node_factory, tmp_path):
     node = node_factory(workers=1, env={"MINI_OSS_MAX_STREAMS_PER_CLIENT": "1",
                                         "MINI_OSS_MAX_SESSIONS": "1",
-                                        "MINI_OSS_FAILPOINTS": "put_written=sleep:3"})
+                                        "MINI_OSS_FAILPOINTS": "put_written=pause:60",
+                                        "MINI_OSS_FAILPOINTS_ONCE": str(tmp_path)})
     stub = node.stub()
     create(stub, "slow", 1000)  # the node's one session place is taken
     slow_put = stub.PutObject.future(pb.PutObjectRequest(object_id="quick", file_name="a",
                                                          data=b"no session needed"), timeout=30)
-    # Its file exists while it sleeps after writing: the put is at work and holds its place.
-    wait_until(lambda: any(".put." in n for n in os.listdir(node.data_dir / "parts")), 10,
-               what="the put at work")
+    # It waits after writing its file: the put is at work and holds its place.
+    wait_until(lambda: "put_written" in os.listdir(tmp_path), 10, what="the put at work")
+    assert any(".put." in n for n in os.listdir(node.data_dir / "parts"))
     with expect_error("RESOURCE_EXHAUSTED", "TOO_MANY_STREAMS"):
         download_all(stub, "quick")
+    (tmp_path / "put_written.resume").touch()
     assert slow_put.result().object.size == 17
     assert download_all(stub, "quick").data == b"no session needed"  # its place was given back
 

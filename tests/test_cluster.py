@@ -170,19 +170,23 @@ def test_a_node_starting_while_the_other_is_mid_upload_leaves_that_upload_alone(
         assert on_b.stat("inflight").size == 128 * KiB
 
 
-def test_a_node_starting_while_the_other_is_mid_put_leaves_that_put_alone(cluster):
+def test_a_node_starting_while_the_other_is_mid_put_leaves_that_put_alone(cluster, tmp_path):
     """A one-call put has no row until its transaction: between its rename into objects/ and
     that transaction, only its lock tells the other node's start-up repair that the file is
     not a stray to set aside (which would leave the acknowledged object without its bytes)."""
-    a = cluster(env={"MINI_OSS_FAILPOINTS": "commit_renamed=sleep:4"})
+    once = tmp_path / "once"
+    once.mkdir()
+    a = cluster(env={"MINI_OSS_FAILPOINTS": "commit_renamed=pause:60", "MINI_OSS_FAILPOINTS_ONCE": str(once)})
     data = os.urandom(40 * KiB)
     put = a.stub().PutObject.future(pb.PutObjectRequest(object_id="putting", file_name="p.bin",
-                                                        data=data), timeout=30)
+                                                        data=data), timeout=90)
     objects = cluster.data_dir / "objects"
-    wait_until(lambda: any(n.startswith("putting_") for n in os.listdir(objects)), 10)
+    wait_until(lambda: "commit_renamed" in os.listdir(once), 10, what="the put renamed, not recorded")
+    assert any(n.startswith("putting_") for n in os.listdir(objects))
     b = cluster()  # its start-up repair runs now, while A's put sits in objects/ with no row
     assert not (cluster.data_dir / "quarantine").exists()
     assert "held_files_left" in b.log_text()
+    (once / "commit_renamed.resume").touch()
     info = put.result().object
     assert info.sha256 == hashlib.sha256(data).hexdigest()
     with Client(b.addr) as on_b:
@@ -287,15 +291,16 @@ def test_a_commit_cut_by_postgres_going_away_mid_transaction_resumes_and_commits
         once = tmp_path / "once"
         once.mkdir()
         node = node_factory(data_dir=tmp_path / "d", catalog=pg.uri, workers=1, catalog_timeout=1,
-                            env={"MINI_OSS_FAILPOINTS": "commit_published=sleep:3",
+                            env={"MINI_OSS_FAILPOINTS": "commit_published=pause:60",
                                  "MINI_OSS_FAILPOINTS_ONCE": str(once)})
         stub = node.stub()
         data = os.urandom(96 * KiB)
         s = stub.CreateUploadSession(pb.CreateUploadSessionRequest(object_id="mid-tx", file_name="f",
                                                                    file_size=len(data)))
         call = stub.Upload.future(iter([chunk(s.upload_id, 0, data)]), timeout=60)
-        wait_until(lambda: os.listdir(once) == ["commit_published"], 20, what="the commit mid-way")
+        wait_until(lambda: "commit_published" in os.listdir(once), 20, what="the commit mid-way")
         pg.stop()
+        (once / "commit_published.resume").touch()  # the commit goes on, its database gone
         err = from_rpc_error(call.exception(timeout=30))
         assert err.code == "UNAVAILABLE", err
         pg.start_again()
